@@ -1,0 +1,7 @@
+"""`python -m sftpack ...` is the same as the `sftpack` console script."""
+
+import sys
+
+from sftpack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,96 @@
+"""`sftpack` command line. Run `sftpack --help`; each subcommand's `--help` shows its options.
+
+    sftpack tiny-model OUT_DIR                       build the offline tiny Qwen2 test/demo model
+    sftpack prepare gsm8k --source SRC --out DIR     convert a dataset and merge dataset_info.json entries
+    sftpack demo [--out runs/demo]                   the main job on the embedded default (offline, CPU)
+
+Framework packages are imported inside the commands, so `sftpack --help` starts without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sftpack.errors import SftpackError
+
+
+def _cmd_tiny_model(args: argparse.Namespace) -> int:
+    from sftpack import tiny_model
+
+    out = tiny_model.build(Path(args.out_dir), seed=args.seed, shape=args.shape)
+    print(f"tiny model ({args.shape}, seed {args.seed}) written to {out.resolve()}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from sftpack.convert import prepare
+    from sftpack.converters import CONVERTERS
+
+    spec = CONVERTERS[args.family]
+    splits = tuple(args.splits.split(",")) if args.splits else None
+    results = prepare(spec, args.source, Path(args.out), name=args.name, splits=splits,
+                      skip_invalid=args.skip_invalid, progress=not args.quiet)
+    for result in results:
+        print(result.summary())
+    print(f"registered {[r.dataset for r in results]} in {(Path(args.out) / 'dataset_info.json').resolve()}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sftpack.demo import run_demo
+
+    run_demo(Path(args.out), steps=args.steps, eval_limit=args.limit)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sftpack.converters import CONVERTERS
+
+    parser = argparse.ArgumentParser(prog="sftpack", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tiny = sub.add_parser("tiny-model", help="build a tiny random Qwen2 model + tokenizer offline")
+    tiny.add_argument("out_dir", help="folder to write (created)")
+    tiny.add_argument("--seed", type=int, default=0, help="weights seed; same seed, same bytes (default 0)")
+    tiny.add_argument("--shape", default="tiny", choices=["tiny", "qwen2.5-1.5b"],
+                      help="'qwen2.5-1.5b' = Qwen2.5-1.5B's exact shape, random weights (for time/memory)")
+    tiny.set_defaults(func=_cmd_tiny_model)
+
+    prep = sub.add_parser("prepare", help="convert a dataset into dataset_info/ (LLaMA-Factory + Swift)")
+    prep.add_argument("family", choices=sorted(CONVERTERS), help="dataset family")
+    prep.add_argument("--source", required=True,
+                      help="hub id (openai/gsm8k; modelscope/gsm8k for ModelScope) or a local file/folder "
+                           "(jsonl, json, parquet, arrow, save_to_disk folder)")
+    prep.add_argument("--out", default="dataset_info", help="dataset_info folder (default: ./dataset_info)")
+    prep.add_argument("--name", help="dataset name prefix (default: the family); entries are NAME_<split>")
+    prep.add_argument("--splits", help="comma-separated splits (default: train,test; one for a single file)")
+    prep.add_argument("--skip-invalid", action="store_true",
+                      help="skip invalid rows and report them instead of stopping at the first")
+    prep.add_argument("--quiet", action="store_true", help="no progress bar")
+    prep.set_defaults(func=_cmd_prepare)
+
+    demo = sub.add_parser("demo", help="main job on the embedded default: prepare, train LF + Swift, evaluate")
+    demo.add_argument("--out", default="runs/demo", help="work folder (default: runs/demo)")
+    demo.add_argument("--steps", type=int, default=20, help="training steps per framework (default 20)")
+    demo.add_argument("--limit", type=int, default=20, help="GSM8K test questions to evaluate (default 20)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SftpackError as err:
+        print(f"sftpack: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sftpack: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Command lines for the real framework CLIs, the offline environment they run in, and a logged runner.
+
+One place builds `llamafactory-cli train`, `swift sft` and `lm_eval` commands, so the demo, the tests and the
+benchmarks run the frameworks the same way. `TINY_CPU_*` are the overrides every shipped config needs to run
+on the tiny model on a CPU (see ../shared/FRAMEWORK_FACTS.md for why each Swift flag is there).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from sftpack.errors import SftpackError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN_CONFIGS = REPO_ROOT / "train_configs"
+EVAL_TASKS = REPO_ROOT / "eval_tasks"
+SWIFT_PLUGIN = REPO_ROOT / "plugins" / "sftpack_swift_datasets.py"
+
+LF_LORA_CONFIG = TRAIN_CONFIGS / "qwen_gsm8k.yaml"
+LF_FULL_CONFIG = TRAIN_CONFIGS / "qwen_full_gsm8k.yaml"
+SWIFT_LORA_CONFIG = TRAIN_CONFIGS / "swift" / "qwen_lora_gsm8k.yaml"
+SWIFT_FULL_CONFIG = TRAIN_CONFIGS / "swift" / "qwen_full_gsm8k.yaml"
+
+# LLaMA-Factory on CPU: fp32 (bf16 needs use_cpu), one preprocessing worker, no plot.
+TINY_CPU_LF: dict[str, Any] = {"bf16": False, "preprocessing_num_workers": 1, "plot_loss": False,
+                               "dataloader_num_workers": 0}
+# ms-swift on a local tiny model on CPU.
+TINY_CPU_SWIFT: dict[str, Any] = {
+    "model_type": "qwen2",                 # auto-detection finds two candidates for a local folder
+    "check_model": False,                  # else ~7 s of ModelScope network retries
+    "torch_dtype": "float32",
+    "dataset_num_proc": 1,
+    "dataloader_num_workers": 0,
+    "dataloader_persistent_workers": False,  # required together with 0 workers
+}
+
+
+def offline_env(cache_root: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default os.environ) with hubs off and every cache inside `cache_root`."""
+    env = dict(os.environ if base is None else base)
+    cache_root = Path(cache_root).resolve()
+    env.update({
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(cache_root / "hf"),
+        "HF_DATASETS_CACHE": str(cache_root / "hf_datasets"),
+        "MODELSCOPE_CACHE": str(cache_root / "modelscope"),
+        "MPLCONFIGDIR": str(cache_root / "matplotlib"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "DISABLE_VERSION_CHECK": "0",
+        "WANDB_DISABLED": "true",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def executable(name: str) -> str:
+    """A console script of this environment (beside sys.executable), else from PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise SftpackError(f"'{name}' not found beside {sys.executable} or on PATH; run `make setup` "
+                           "(python3 plugins/bootstrap.py) to install the frameworks")
+    return found
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def lf_train_cmd(config: Path, overrides: Mapping[str, Any]) -> list[str]:
+    """`llamafactory-cli train CONFIG key=value ...` (LLaMA-Factory merges the overrides into the YAML)."""
+    return [executable("llamafactory-cli"), "train", str(config)] + [f"{k}={_text(v)}" for k, v in overrides.items()]
+
+
+def swift_sft_cmd(config: Path, overrides: Mapping[str, Any]) -> list[str]:
+    """`swift sft CONFIG --key value ...` (flags after the file override it)."""
+    cmd = [executable("swift"), "sft", str(config)]
+    for key, value in overrides.items():
+        cmd += [f"--{key}"] + ([_text(v) for v in value] if isinstance(value, (list, tuple)) else [_text(value)])
+    return cmd
+
+
+def lm_eval_cmd(model: Path | str, tasks: list[str], output_path: Path, adapter: Path | None = None,
+                limit: int | None = None, include_path: Path = EVAL_TASKS, device: str = "cpu",
+                batch_size: int | str = 1, extra: list[str] | None = None) -> list[str]:
+    """`lm_eval --model hf --model_args pretrained=MODEL[,peft=ADAPTER] --tasks ... --include_path ...`."""
+    model_args = f"pretrained={model}" + (f",peft={adapter}" if adapter else "")
+    cmd = [executable("lm_eval"), "--model", "hf", "--model_args", model_args, "--tasks", ",".join(tasks),
+           "--include_path", str(include_path), "--output_path", str(output_path), "--device", device,
+           "--batch_size", str(batch_size)]
+    if limit is not None:
+        cmd += ["--limit", str(limit)]
+    return cmd + (extra or [])
+
+
+def last_checkpoint(output_dir: Path) -> Path:
+    """The highest `checkpoint-N` folder of a training run (Swift saves adapters only there)."""
+    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not checkpoints:
+        raise SftpackError(f"{output_dir}: no checkpoint-N folder; did training finish?")
+    return checkpoints[-1]
+
+
+def run_logged(cmd: list[str], cwd: Path, env: Mapping[str, str], log_path: Path, echo: bool = True) -> None:
+    """Run `cmd`, copying its output to `log_path` (and the terminal when `echo`); raise on failure."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(cmd) + f"\n# cwd: {cwd}\n")
+        log.flush()
+        process = subprocess.Popen(cmd, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, errors="replace", bufsize=1)
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            if echo:
+                sys.stdout.write(line)
+        code = process.wait()
+    if code != 0:
+        tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
+        raise SftpackError(f"`{Path(cmd[0]).name} {' '.join(cmd[1:2])}` exited {code}; log: {log_path}\n{tail}")

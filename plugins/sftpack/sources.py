@@ -1,0 +1,183 @@
+"""Where converter input comes from: a local file or folder, the HuggingFace hub, or ModelScope.
+
+Every row is yielded with its location (`line 12` of a jsonl file, `row 12` of a table) so that errors can
+name it. Local formats: `.jsonl`, `.json` (JSON lines or one array), `.parquet`, `.arrow` (both the stream
+format that `datasets.save_to_disk` writes and the file format), `.csv`, and folders holding a split's files:
+`{split}.jsonl|json|parquet|csv`, `{split}-*.parquet` / `data/{split}-*.parquet` (a hub repo's layout), or a
+`save_to_disk` folder (`dataset_dict.json` + `{split}/data-*.arrow`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from sftpack.errors import SftpackError
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MODELSCOPE_PREFIX = "modelscope/"
+TABLE_SUFFIXES = (".parquet", ".arrow")
+FILE_SUFFIXES = (".jsonl", ".json", ".csv") + TABLE_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Located:
+    """One input row and where it was read: `source` is a file or hub id, `where` e.g. 'line 3'.
+
+    A line that could not be decoded has `row=None` and the reason in `problem`, so that a caller can
+    stop on it or skip it (`--skip-invalid`) and go on reading.
+    """
+
+    source: str
+    where: str
+    row: Any
+    problem: str | None = None
+
+
+def _iter_json_lines(path: Path) -> Iterator[Located]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"line {number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield Located(str(path), where, None,
+                              f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as err:
+                yield Located(str(path), where, None, f"not valid JSON ({err.msg} at column {err.colno})")
+                continue
+            yield Located(str(path), where, row)
+
+
+def _iter_json(path: Path) -> Iterator[Located]:
+    with path.open("rb") as handle:
+        head = handle.read(4096).lstrip()
+    if not head.startswith(b"["):
+        yield from _iter_json_lines(path)
+        return
+    try:
+        rows = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise SftpackError(f"{path}: not valid UTF-8 (byte offset {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise SftpackError(f"{path}: line {err.lineno}, column {err.colno}: not valid JSON ({err.msg})") from None
+    for number, row in enumerate(rows, start=1):
+        yield Located(str(path), f"row {number}", row)
+
+
+def _iter_csv(path: Path) -> Iterator[Located]:
+    with path.open("r", encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            for row in reader:
+                yield Located(str(path), f"line {reader.line_num}", row)
+        except UnicodeDecodeError as err:
+            raise SftpackError(f"{path}: not valid UTF-8 near line {reader.line_num + 1} ({err.reason})") from None
+
+
+def _arrow_tables(path: Path):
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as source:
+            return pa.ipc.open_stream(source).read_all()
+    except pa.ArrowInvalid:
+        with pa.memory_map(str(path)) as source:
+            return pa.ipc.open_file(source).read_all()
+
+
+def _iter_table(path: Path) -> Iterator[Located]:
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        else:
+            table = _arrow_tables(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise SftpackError(f"{path}: cannot be read as {path.suffix[1:]} ({err})") from None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield Located(str(path), f"row {number}", row)
+
+
+def iter_file(path: Path) -> Iterator[Located]:
+    """Rows of one local file, chosen by its suffix."""
+    if path.stat().st_size == 0:
+        raise SftpackError(f"{path}: file is empty, no rows to convert")
+    if path.suffix == ".jsonl":
+        return _iter_json_lines(path)
+    if path.suffix == ".json":
+        return _iter_json(path)
+    if path.suffix == ".csv":
+        return _iter_csv(path)
+    if path.suffix in TABLE_SUFFIXES:
+        return _iter_table(path)
+    raise SftpackError(f"{path}: unsupported file type '{path.suffix}'; expected one of {list(FILE_SUFFIXES)}")
+
+
+def split_files(folder: Path, split: str) -> list[Path]:
+    """The files that hold `split` in a local dataset folder (empty when there are none)."""
+    for suffix in (".jsonl", ".json", ".parquet", ".csv"):
+        single = folder / f"{split}{suffix}"
+        if single.is_file():
+            return [single]
+    for pattern in (f"{split}-*.parquet", f"data/{split}-*.parquet", f"*/{split}-*.parquet"):
+        shards = sorted(folder.glob(pattern))
+        if shards:
+            return shards
+    if (folder / "dataset_dict.json").is_file():
+        return sorted((folder / split).glob("data-*.arrow"))
+    return []
+
+
+def is_hub_id(source: str) -> bool:
+    return not Path(source).exists() and HUB_ID_RE.match(source) is not None
+
+
+def iter_hub(source: str, subset: str | None, split: str) -> Iterator[Located]:
+    """Rows of one split of a hub dataset: ModelScope for ids starting 'modelscope/', else HuggingFace."""
+    hint = (
+        "Download it on a machine with access and pass --source PATH (jsonl, json, parquet or a "
+        "save_to_disk folder), set HF_ENDPOINT to a mirror, or try --source modelscope/gsm8k"
+    )
+    try:
+        if source.startswith(MODELSCOPE_PREFIX):
+            from modelscope.msdatasets import MsDataset
+
+            dataset = MsDataset.load(source, subset_name=subset, split=split)
+        else:
+            import datasets
+
+            dataset = datasets.load_dataset(source, subset, split=split)
+    except Exception as err:  # the hubs raise many types: network, auth, offline mode, missing repo
+        hub = "ModelScope" if source.startswith(MODELSCOPE_PREFIX) else "the HuggingFace hub"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SftpackError(f"cannot load '{source}' (subset {subset}, split {split}) from {hub}: {first}. "
+                           f"{hint}") from None
+    for number, row in enumerate(dataset, start=1):
+        yield Located(source, f"row {number}", dict(row))
+
+
+def iter_source(source: str, subset: str | None, split: str) -> Iterator[Located]:
+    """Rows of `split` from `source`: a hub id, a folder, or (for a single split) a file."""
+    path = Path(source)
+    if is_hub_id(source):
+        return iter_hub(source, subset, split)
+    if not path.exists():
+        raise SftpackError(f"{source}: no such file or folder (resolved to {path.resolve()})")
+    if path.is_file():
+        return iter_file(path)
+    files = split_files(path, split)
+    if not files:
+        raise SftpackError(f"{path.resolve()}: no files for split '{split}' (looked for {split}.jsonl|json|"
+                           f"parquet|csv, {split}-*.parquet and a save_to_disk folder)")
+    return (located for file in files for located in iter_file(file))

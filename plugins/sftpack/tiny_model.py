@@ -1,0 +1,149 @@
+"""Build a tiny Qwen2-architecture model and tokenizer offline: the test fixture and the demo's model.
+
+    sftpack tiny-model OUT_DIR [--seed 0]
+
+No hub access: a byte-level BPE tokenizer is trained with `tokenizers` on the GSM8K sample shipped in the
+package (Qwen2's split regex, NFC, ByteLevel), Qwen's special tokens are appended in Qwen's order, and a
+randomly initialised `Qwen2ForCausalLM` (hidden 64, 2 layers, 4 heads, 2 KV heads, tied embeddings) is saved
+beside it. The same seed gives byte-identical files. The folder loads in transformers 4.57 and 5.x, in
+LLaMA-Factory (`template: qwen`), ms-swift (`--model_type qwen2`) and lm-eval (`--model hf`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sftpack.samples import sample_path
+
+# Qwen2's pre-tokenizer split pattern (Qwen/Qwen2.5-1.5B tokenizer.json, `pre_tokenizer.pretokenizers[0]`).
+QWEN2_SPLIT_RE = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+    r"\s+(?!\S)|\s+"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# Qwen2.5's chat template without the tool-calling branches.
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# name -> Qwen2Config keyword arguments. `qwen2.5-1.5b` is exactly Qwen/Qwen2.5-1.5B's shape (random weights).
+SHAPES: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, max_position_embeddings=32768, vocab_size=151936),
+}
+
+
+def _training_text() -> list[str]:
+    texts = []
+    for split in ("train", "test"):
+        with sample_path("gsm8k", split).open(encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                texts.append(row["question"])
+                texts.append(row["answer"])
+    return texts
+
+
+def build_tokenizer(vocab_size: int = 3000):
+    """A Qwen2TokenizerFast with a BPE vocabulary trained on the shipped GSM8K sample."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT_RE), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel(add_prefix_space=False, use_regex=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_training_text(), trainer=trainer)
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    wrapped = Qwen2TokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        model_max_length=32768,
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def _compat_files(out: Path, rope_theta: float) -> None:
+    """Make one folder load the same in transformers 4.57 and 5.x (see FRAMEWORK_FACTS)."""
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    config["rope_theta"] = rope_theta
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tok_config_path = out / "tokenizer_config.json"
+    tok_config = json.loads(tok_config_path.read_text())
+    extra = tok_config.pop("extra_special_tokens", None)
+    if isinstance(extra, list):
+        tok_config["additional_special_tokens"] = extra
+    tok_config.setdefault("additional_special_tokens", ["<|im_start|>", "<|im_end|>"])
+    tok_config_path.write_text(json.dumps(tok_config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def build(out_dir: Path, seed: int = 0, shape: str = "tiny") -> Path:
+    """Write tokenizer + randomly initialised Qwen2ForCausalLM of `shape` to `out_dir`; return it."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    if shape not in SHAPES:
+        raise ValueError(f"Unknown shape {shape!r}. Expected: {sorted(SHAPES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(out)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    rope_theta = 1000000.0
+    kwargs = dict(SHAPES[shape])
+    kwargs.setdefault("vocab_size", len(tokenizer))
+    config = Qwen2Config(
+        **kwargs,
+        tie_word_embeddings=True,
+        rope_theta=rope_theta,
+        rms_norm_eps=1e-6,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        torch_dtype="float32" if shape == "tiny" else "bfloat16",
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    if shape != "tiny":
+        model = model.to(torch.bfloat16)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        do_sample=False,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    _compat_files(out, rope_theta)
+    readme = (f"# Random-weight Qwen2 model ({shape}), built offline by `sftpack tiny-model`\n\n"
+              f"seed {seed}; {sum(p.numel() for p in model.parameters()):,} parameters. Weights are random: "
+              "accuracy measured with it means nothing; time and memory per token match the shape.\n")
+    (out / "README.md").write_text(readme)
+    return out

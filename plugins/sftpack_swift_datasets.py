@@ -1,0 +1,21 @@
+"""ms-swift plugin: register every `dataset_info/dataset_info.json` entry under its LLaMA-Factory name.
+
+    swift sft train_configs/swift/qwen_lora_gsm8k.yaml        # the YAML lists this file in external_plugins
+    swift sft ... --external_plugins plugins/sftpack_swift_datasets.py --dataset gsm8k_train
+
+Swift puts this file's folder (plugins/) first on sys.path and imports it by its file name, so `sftpack`
+imports from this checkout even when it is not installed. Which dataset_info.json: see
+`sftpack.swift_datasets` ($SFTPACK_DATASET_INFO, else ./dataset_info/ of the current directory).
+"""
+
+import sys
+
+from sftpack.errors import SftpackError
+from sftpack.swift_datasets import info_path, register_all
+
+try:
+    _names = register_all()
+except SftpackError as err:
+    sys.exit(f"sftpack: error: {err}")
+print(f"sftpack: registered {len(_names)} datasets for swift from {info_path()}: {', '.join(_names)}",
+      file=sys.stderr)
