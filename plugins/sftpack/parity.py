@@ -1,0 +1,129 @@
+"""Normalise LLaMA-Factory and ms-swift training configs to one vocabulary, to compare them.
+
+`normalise_lf(cfg)` and `normalise_swift(cfg)` map a config dict (a YAML plus overrides) to the same keys
+with each framework's defaults filled in where the config leaves a key out, so that a key one framework
+defaults differently shows up as a difference. `differences(a, b)` lists the keys that differ. Used by
+tests/test_config_parity.py and by the benchmark harness's fairness check.
+
+The template is compared by rendering (token ids), not here: `template`/`system` are kept only as given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+# The keys compared, in the order reports show them.
+KEYS = (
+    "method", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+    "learning_rate", "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "optim",
+    "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "max_length", "truncation", "dtype", "packing", "seed", "dataset", "system",
+)
+
+# transformers.TrainingArguments defaults both frameworks inherit unless they override them.
+_HF = {"learning_rate": 5e-5, "lr_scheduler_type": "linear", "warmup_ratio": 0.0, "weight_decay": 0.0,
+       "max_grad_norm": 1.0, "optim": "adamw_torch", "num_train_epochs": 3.0, "max_steps": -1,
+       "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "seed": 42}
+# LLaMA-Factory 0.9.5 defaults (hparams/finetuning_args.py, data_args.py).
+_LF = {**_HF, "lora_rank": 8, "lora_alpha": None, "lora_dropout": 0.0, "lora_target": "all",
+       "cutoff_len": 2048, "packing": None}
+# ms-swift 4.5.3 defaults (arguments/tuner_args.py, base_args/, sft_args.py).
+_SWIFT = {**_HF, "lr_scheduler_type": "cosine", "weight_decay": 0.1, "learning_rate": None,
+          "lora_rank": 8, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": ["all-linear"],
+          "max_length": None, "truncation_strategy": "delete", "packing": False,
+          "gradient_accumulation_steps": None}
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+
+
+def _float(value: Any) -> Any:
+    return float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
+
+
+def _targets(value: Any) -> Any:
+    """'all' (LF) and ['all-linear'] (Swift) both mean every linear layer but lm_head."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    items = sorted(str(item).strip() for item in items)
+    return "all-linear" if items in (["all"], ["all-linear"]) else items
+
+
+def normalise_lf(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    c = {**_LF, **cfg}
+    method = c.get("finetuning_type", "lora")
+    lora = method == "lora"
+    rank = int(c["lora_rank"])
+    dtype = next((name for flag, name in _DTYPES.items() if c.get(flag)), "float32")
+    packing = c["packing"] if c["packing"] is not None else c.get("stage") == "pt"
+    dataset = c.get("dataset")
+    return {
+        "method": method,
+        "lora_rank": rank if lora else None,
+        "lora_alpha": (int(c["lora_alpha"]) if c["lora_alpha"] is not None else 2 * rank) if lora else None,
+        "lora_dropout": float(c["lora_dropout"]) if lora else None,
+        "lora_targets": _targets(c["lora_target"]) if lora else None,
+        "learning_rate": _float(c["learning_rate"]),
+        "lr_scheduler_type": c["lr_scheduler_type"],
+        "warmup_ratio": _float(c["warmup_ratio"]),
+        "weight_decay": _float(c["weight_decay"]),
+        "max_grad_norm": _float(c["max_grad_norm"]),
+        "optim": c["optim"],
+        "num_train_epochs": _float(c["num_train_epochs"]),
+        "max_steps": int(c["max_steps"]),
+        "per_device_train_batch_size": int(c["per_device_train_batch_size"]),
+        "gradient_accumulation_steps": int(c["gradient_accumulation_steps"]),
+        "max_length": int(c["cutoff_len"]),
+        "truncation": "truncate",  # LF always truncates over-long rows (never drops them)
+        "dtype": dtype,
+        "packing": bool(packing),
+        "seed": int(c["seed"]),
+        "dataset": sorted(str(dataset).split(",")) if dataset else None,
+        "system": c.get("default_system"),
+    }
+
+
+def normalise_swift(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    c = {**_SWIFT, **cfg}
+    method = c.get("tuner_type", "lora")
+    lora = method == "lora"
+    batch = int(c["per_device_train_batch_size"])
+    # Swift picks 16 / (batch x world) when unset; recorded as None here so an unpinned value shows up.
+    accumulation = c["gradient_accumulation_steps"]
+    dataset = c.get("dataset")
+    dataset = dataset if isinstance(dataset, (list, tuple)) else [dataset] if dataset else None
+    strategy = c["truncation_strategy"]
+    return {
+        "method": method,
+        "lora_rank": int(c["lora_rank"]) if lora else None,
+        "lora_alpha": int(c["lora_alpha"]) if lora else None,
+        "lora_dropout": float(c["lora_dropout"]) if lora else None,
+        "lora_targets": _targets(c["target_modules"]) if lora else None,
+        "learning_rate": _float(c["learning_rate"]),
+        "lr_scheduler_type": c["lr_scheduler_type"],
+        "warmup_ratio": _float(c["warmup_ratio"]),
+        "weight_decay": _float(c["weight_decay"]),
+        "max_grad_norm": _float(c["max_grad_norm"]),
+        "optim": c["optim"],
+        "num_train_epochs": _float(c["num_train_epochs"]),
+        "max_steps": int(c["max_steps"]),
+        "per_device_train_batch_size": batch,
+        "gradient_accumulation_steps": int(accumulation) if accumulation is not None else None,
+        "max_length": int(c["max_length"]) if c["max_length"] is not None else None,
+        "truncation": "truncate" if strategy in ("right", "left") else strategy,
+        "dtype": str(c.get("torch_dtype") or "auto"),
+        "packing": bool(c["packing"]),
+        "seed": int(c["seed"]),
+        "dataset": sorted(str(d).split("#")[0] for d in dataset) if dataset else None,
+        "system": c.get("system"),
+    }
+
+
+def differences(a: Mapping[str, Any], b: Mapping[str, Any], keys: tuple[str, ...] = KEYS) -> dict[str, tuple]:
+    """{key: (a value, b value)} for every compared key whose values differ."""
+    return {key: (a.get(key), b.get(key)) for key in keys if a.get(key) != b.get(key)}
