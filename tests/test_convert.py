@@ -152,7 +152,7 @@ def test_unreachable_hub_gives_one_clear_message(tmp_path):
     assert "Traceback" not in result.stderr
     assert "cannot load 'openai/gsm8k'" in result.stderr and "--source PATH" in result.stderr
     assert "modelscope/gsm8k" in result.stderr
-    assert not (tmp_path / "di" / "gsm8k_train.jsonl").exists()
+    assert not (tmp_path / "di").exists(), "a failed first run leaves no folder behind"
 
 
 def test_unknown_entry_key_is_an_error_listing_allowed():

@@ -102,8 +102,10 @@ def prepare(spec: ConverterSpec, source: str, out_dir: Path, name: str | None = 
     elif Path(source).is_file() and len(splits) != 1:
         raise SftpackError(f"{source}: a single file holds one split; pass --splits with one name")
 
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     pending: list[tuple[Path, SplitResult]] = []
+    done = False
     try:
         for split in splits:
             result = SplitResult(dataset=f"{name}_{split}", split=split, file=out_dir / f"{name}_{split}.jsonl")
@@ -118,7 +120,10 @@ def prepare(spec: ConverterSpec, source: str, out_dir: Path, name: str | None = 
         for tmp, result in pending:
             os.replace(tmp, result.file)
         dataset_info.merge(info_path, entries)
+        done = True
     finally:
         for tmp, _ in pending:
             tmp.unlink(missing_ok=True)
+        if created and not done and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # leave no trace of a failed first run
     return [result for _, result in pending]

@@ -145,12 +145,13 @@ def is_hub_id(source: str) -> bool:
 
 def iter_hub(source: str, subset: str | None, split: str) -> Iterator[Located]:
     """Rows of one split of a hub dataset: ModelScope for ids starting 'modelscope/', else HuggingFace."""
-    hint = (
-        "Download it on a machine with access and pass --source PATH (jsonl, json, parquet or a "
-        "save_to_disk folder), set HF_ENDPOINT to a mirror, or try --source modelscope/gsm8k"
-    )
+    on_modelscope = source.startswith(MODELSCOPE_PREFIX)
+    hint = ("Download it on a machine with access and pass --source PATH (jsonl, json, parquet or a "
+            "save_to_disk folder), or " + ("use the HuggingFace id (HF_ENDPOINT for a mirror)" if on_modelscope
+                                           else "set HF_ENDPOINT to a mirror, or try the ModelScope id "
+                                                f"{MODELSCOPE_PREFIX}{source.split('/')[-1]}"))
     try:
-        if source.startswith(MODELSCOPE_PREFIX):
+        if on_modelscope:
             from modelscope.msdatasets import MsDataset
 
             dataset = MsDataset.load(source, subset_name=subset, split=split)
@@ -159,7 +160,7 @@ def iter_hub(source: str, subset: str | None, split: str) -> Iterator[Located]:
 
             dataset = datasets.load_dataset(source, subset, split=split)
     except Exception as err:  # the hubs raise many types: network, auth, offline mode, missing repo
-        hub = "ModelScope" if source.startswith(MODELSCOPE_PREFIX) else "the HuggingFace hub"
+        hub = "ModelScope" if on_modelscope else "the HuggingFace hub"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SftpackError(f"cannot load '{source}' (subset {subset}, split {split}) from {hub}: {first}. "
                            f"{hint}") from None
