@@ -54,6 +54,20 @@ def _targets(value: Any) -> Any:
     return "all-linear" if items in (["all"], ["all-linear"]) else items
 
 
+def _trainer_keys(c: Mapping[str, Any]) -> dict[str, Any]:
+    """The transformers.TrainingArguments keys both frameworks take under the same name."""
+    return {
+        "learning_rate": _float(c["learning_rate"]),
+        "lr_scheduler_type": c["lr_scheduler_type"],
+        "warmup_ratio": _float(c["warmup_ratio"]),
+        "weight_decay": _float(c["weight_decay"]),
+        "max_grad_norm": _float(c["max_grad_norm"]),
+        "optim": c["optim"],
+        "num_train_epochs": _float(c["num_train_epochs"]),
+        "max_steps": int(c["max_steps"]),
+    }
+
+
 def normalise_lf(cfg: Mapping[str, Any]) -> dict[str, Any]:
     c = {**_LF, **cfg}
     method = c.get("finetuning_type", "lora")
@@ -68,14 +82,7 @@ def normalise_lf(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "lora_alpha": (int(c["lora_alpha"]) if c["lora_alpha"] is not None else 2 * rank) if lora else None,
         "lora_dropout": float(c["lora_dropout"]) if lora else None,
         "lora_targets": _targets(c["lora_target"]) if lora else None,
-        "learning_rate": _float(c["learning_rate"]),
-        "lr_scheduler_type": c["lr_scheduler_type"],
-        "warmup_ratio": _float(c["warmup_ratio"]),
-        "weight_decay": _float(c["weight_decay"]),
-        "max_grad_norm": _float(c["max_grad_norm"]),
-        "optim": c["optim"],
-        "num_train_epochs": _float(c["num_train_epochs"]),
-        "max_steps": int(c["max_steps"]),
+        **_trainer_keys(c),
         "per_device_train_batch_size": int(c["per_device_train_batch_size"]),
         "gradient_accumulation_steps": int(c["gradient_accumulation_steps"]),
         "max_length": int(c["cutoff_len"]),
@@ -104,14 +111,7 @@ def normalise_swift(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "lora_alpha": int(c["lora_alpha"]) if lora else None,
         "lora_dropout": float(c["lora_dropout"]) if lora else None,
         "lora_targets": _targets(c["target_modules"]) if lora else None,
-        "learning_rate": _float(c["learning_rate"]),
-        "lr_scheduler_type": c["lr_scheduler_type"],
-        "warmup_ratio": _float(c["warmup_ratio"]),
-        "weight_decay": _float(c["weight_decay"]),
-        "max_grad_norm": _float(c["max_grad_norm"]),
-        "optim": c["optim"],
-        "num_train_epochs": _float(c["num_train_epochs"]),
-        "max_steps": int(c["max_steps"]),
+        **_trainer_keys(c),
         "per_device_train_batch_size": batch,
         "gradient_accumulation_steps": int(accumulation) if accumulation is not None else None,
         "max_length": int(c["max_length"]) if c["max_length"] is not None else None,
