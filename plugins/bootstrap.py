@@ -65,8 +65,8 @@ def _torch_pin() -> str:
     raise SystemExit(f"bootstrap: {CONSTRAINTS} has no 'torch==' line")
 
 
-def _run(cmd: list[str]) -> None:
-    print("bootstrap: $", " ".join(cmd), flush=True)
+def _run(cmd: list[str], label: str | None = None) -> None:
+    print("bootstrap: $", label or " ".join(cmd), flush=True)
     subprocess.check_call(cmd)
 
 
@@ -86,7 +86,7 @@ def ensure(force: bool = False) -> Path:
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
     _run(pip + ["-q", _torch_pin()])
     _run(pip + ["-q", "-c", str(CONSTRAINTS), "-e", f"{ROOT}[frameworks,test]"])
-    _run([py, "-c", _REPAIR])
+    _run([py, "-c", _REPAIR], label="CPU repairs of torchvision/torchaudio, if torch is a CPU build")
     STAMP.write_text(fingerprint + "\n")
     print(f"bootstrap: .venv ready in {time.monotonic() - started:.0f} s", flush=True)
     return venv_python()
