@@ -2,6 +2,7 @@
 
     sftpack tiny-model OUT_DIR                       build the offline tiny Qwen2 test/demo model
     sftpack prepare gsm8k --source SRC --out DIR     convert a dataset and merge dataset_info.json entries
+    sftpack recipe RECIPE.yaml [--out DIR]           data recipes: dedup, sampling, quotas, MCQ augmentation, mixes
     sftpack demo [--out runs/demo]                   the main job on the embedded default (offline, CPU)
 
 Framework packages are imported inside the commands, so `sftpack --help` starts without torch.
@@ -71,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="skip invalid rows and report them instead of stopping at the first")
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=_cmd_prepare)
+
+    from sftpack.recipes import add_parser as add_recipe_parser
+
+    add_recipe_parser(sub)
 
     demo = sub.add_parser("demo", help="main job on the embedded default: prepare, train LF + Swift, evaluate")
     demo.add_argument("--out", default="runs/demo", help="work folder (default: runs/demo)")
