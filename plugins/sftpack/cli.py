@@ -2,6 +2,7 @@
 
     sftpack tiny-model OUT_DIR                       build the offline tiny Qwen2 test/demo model
     sftpack prepare gsm8k --source SRC --out DIR     convert a dataset and merge dataset_info.json entries
+    sftpack eval --model M [--tuned [LABEL=]PATH ...] [--tasks T,...]   base vs tuned with lm-eval: JSON + table
     sftpack recipe RECIPE.yaml [--out DIR]           data recipes: dedup, sampling, quotas, MCQ augmentation, mixes
     sftpack demo [--out runs/demo]                   the main job on the embedded default (offline, CPU)
 
@@ -73,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=_cmd_prepare)
 
+    from sftpack.evaluate import add_parser as add_eval_parser
     from sftpack.recipes import add_parser as add_recipe_parser
 
+    add_eval_parser(sub)
     add_recipe_parser(sub)
 
     demo = sub.add_parser("demo", help="main job on the embedded default: prepare, train LF + Swift, evaluate")

@@ -1,0 +1,161 @@
+"""The `sftpack eval` command line: `add_parser(subparsers)` adds it to the sftpack CLI.
+
+    sftpack eval --model Qwen/Qwen2.5-1.5B --tuned lf=saves/qwen2.5-1.5b/lora/gsm8k \
+        --tuned swift=saves/qwen2.5-1.5b/lora/gsm8k-swift/checkpoint-1401 --tasks gsm8k-local,gsm8k-local-chat
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+from sftpack.errors import SftpackError
+
+EPILOG = """\
+examples:
+  # base few-shot + chat format, and two adapters, 50 questions each (run where dataset_info/ is):
+  sftpack eval --model Qwen/Qwen2.5-1.5B --tuned lf=saves/lf-lora --tuned swift=saves/swift-lora/checkpoint-100 \\
+      --tasks gsm8k-local,gsm8k-local-chat --limit 50
+  # shot counts users compare; retention on two CMMLU subjects from your CSV folder:
+  sftpack eval --model M --tuned A --tasks gsm8k-local --num-fewshot 0,5,8
+  sftpack eval --model M --tuned A --tasks cmmlu-local-agronomy,cmmlu-local-anatomy --cmmlu-dir /data/cmmlu
+  # vLLM (LoRA via lora_local_path), 2 GPUs data parallel; or 4 GPUs with the hf backend:
+  sftpack eval --backend vllm --data-parallel-size 2 --model M --tuned A
+  sftpack eval --num-processes 4 --device cuda --model M --tuned A
+  # a model served behind an OpenAI-compatible completions endpoint (vLLM: --lora-modules lf=saves/lf-lora):
+  sftpack eval --backend local-completions --base-url http://localhost:8000/v1/completions \\
+      --model Qwen/Qwen2.5-1.5B --tuned lf
+"""
+
+
+DESCRIPTION = ("Evaluate a base model and any number of LoRA adapters or merged models (LLaMA-Factory or ms-swift) "
+               "with lm-eval, and write one JSON report and one Markdown table with each tuned model's delta to the "
+               "base, plus the GSM8K format rate.")
+
+
+def _shots(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    return values
+
+
+def _limit(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value >= 1 and value == int(value) else value
+
+
+def _tasks(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected at least one task name")
+    return names
+
+
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `eval` options to `parser`."""
+    from sftpack.evaluate.runner import DEFAULT_TASKS
+    from sftpack.frameworks import EVAL_TASKS
+
+    what = parser.add_argument_group("what to evaluate")
+    what.add_argument("--model", required=True,
+                      help="base model: hub id or folder (with local-completions: the served model name)")
+    what.add_argument("--tuned", action="extend", nargs="+", default=[], metavar="[LABEL=]PATH",
+                      help="a LoRA adapter folder (adapter_config.json; loaded on --model) or a merged model folder "
+                           "(config.json); repeatable. LABEL names its table column (default: the folder name)")
+    what.add_argument("--no-base", action="store_true", help="do not evaluate --model itself (no delta column)")
+    what.add_argument("--skip-base-check", action="store_true",
+                      help="evaluate an adapter on --model even though its adapter_config.json names another base")
+    what.add_argument("--tasks", type=_tasks, default=list(DEFAULT_TASKS),
+                      help=f"comma-separated lm-eval tasks or groups (default: {','.join(DEFAULT_TASKS)}); "
+                           "see eval_tasks/README.md")
+    what.add_argument("--num-fewshot", type=_shots, metavar="N[,N...]",
+                      help="override the tasks' shot counts; several values = one lm-eval run each (default: "
+                           "each task's own)")
+    what.add_argument("--limit", type=_limit,
+                      help="documents per task (an integer, or a fraction < 1); for smoke tests, not for real scores")
+    where = parser.add_argument_group("where")
+    where.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
+    where.add_argument("--workdir", default=".",
+                       help="folder lm-eval runs in: task data files such as dataset_info/gsm8k_test.jsonl resolve "
+                            "against it (default: the current directory)")
+    where.add_argument("--include-path", default=str(EVAL_TASKS),
+                       help=f"folder of task YAMLs (default: {EVAL_TASKS})")
+    where.add_argument("--cmmlu-dir", help="folder of CMMLU/MMLU CSVs (dev/, test/) for the cmmlu-local tasks")
+    where.add_argument("--metadata", help="JSON object passed to lm-eval --metadata (merged with --cmmlu-dir)")
+    how = parser.add_argument_group("how")
+    how.add_argument("--backend", default="hf", choices=["hf", "vllm", "local-completions"],
+                     help="lm-eval model type (default: hf)")
+    how.add_argument("--device", help="hf device: cpu, cuda, cuda:1 (default: lm-eval's, cuda when available)")
+    how.add_argument("--batch-size", default="1", help="lm-eval --batch_size: N, auto or auto:N (default: 1)")
+    how.add_argument("--dtype", help="model dtype for hf/vllm: auto, float32, bfloat16, float16")
+    how.add_argument("--gen-kwargs", help="lm-eval --gen_kwargs overriding the tasks', e.g. max_gen_toks=64")
+    how.add_argument("--num-processes", type=int, default=1,
+                     help="hf: data parallel over N GPUs via `accelerate launch -m lm_eval` (default: 1)")
+    how.add_argument("--data-parallel-size", type=int, default=1, help="vllm: model replicas (default: 1)")
+    how.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per replica (default: 1)")
+    how.add_argument("--base-url", help="local-completions: the server's completions URL")
+    how.add_argument("--tokenizer", help="local-completions: HF tokenizer of the served model (default: --model)")
+    how.add_argument("--num-concurrent", type=int, default=1, help="local-completions: parallel requests")
+    how.add_argument("--offline", action="store_true",
+                     help="set HF_HUB_OFFLINE/HF_DATASETS_OFFLINE/TRANSFORMERS_OFFLINE for the lm-eval runs")
+    how.add_argument("--model-args", help="more lm-eval model_args, appended: e.g. parallelize=True (a model "
+                                          "split over the GPUs), max_length=4096, trust_remote_code=True")
+    how.add_argument("--lm-eval-args", default="", help="more lm-eval arguments, one shell-quoted string")
+    how.add_argument("--quiet", action="store_true", help="do not echo lm-eval's output (it is still logged)")
+    parser.set_defaults(func=cmd_eval)
+    return parser
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `eval` subcommand to an argparse subparsers object (the sftpack CLI's)."""
+    parser = subparsers.add_parser(
+        "eval", help="evaluate a base model and tuned adapters/models with lm-eval; JSON + Markdown table",
+        description=DESCRIPTION,
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return configure(parser)
+
+
+def settings_from_args(args: argparse.Namespace):
+    from sftpack.evaluate.runner import CMMLU_KEY, Settings
+
+    metadata = {}
+    if args.metadata:
+        try:
+            metadata = json.loads(args.metadata)
+        except json.JSONDecodeError as err:
+            raise SftpackError(f"--metadata: not valid JSON ({err.msg}): {args.metadata}") from None
+        if not isinstance(metadata, dict):
+            raise SftpackError(f"--metadata must be a JSON object, got {args.metadata}")
+    if args.cmmlu_dir:
+        metadata[CMMLU_KEY] = str(Path(args.cmmlu_dir).expanduser().resolve())
+    return Settings(
+        tasks=args.tasks, num_fewshot=args.num_fewshot, limit=args.limit, backend=args.backend, device=args.device,
+        batch_size=args.batch_size, dtype=args.dtype, gen_kwargs=args.gen_kwargs, include_path=args.include_path,
+        workdir=args.workdir, metadata=metadata, num_processes=args.num_processes,
+        data_parallel_size=args.data_parallel_size, tensor_parallel_size=args.tensor_parallel_size,
+        base_url=args.base_url, tokenizer=args.tokenizer, num_concurrent=args.num_concurrent,
+        extra_model_args=args.model_args, extra_args=shlex.split(args.lm_eval_args))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import os
+
+    from sftpack.evaluate.results import render_markdown
+    from sftpack.evaluate.runner import run_eval
+
+    env = dict(os.environ)
+    if args.offline:
+        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    report = run_eval(args.model, args.tuned, Path(args.out), settings_from_args(args), include_base=not args.no_base,
+                      skip_base_check=args.skip_base_check, env=env, echo=not args.quiet)
+    out = Path(args.out).resolve()
+    print("\n" + render_markdown(report))
+    print(f"report: {out / 'eval.json'}\ntable:  {out / 'eval.md'}\nlogs:   {out / 'logs'}  ({report['wall_s']} s)")
+    return 0
+

@@ -1,0 +1,220 @@
+"""Run lm-eval once per model (and per shot count) and write the comparison report: the core of `sftpack eval`.
+
+Each model runs in its own `lm_eval` process (the exact command is the first line of its log), so a model's memory
+is freed before the next loads and every run can be repeated by hand. Outputs under `out/`:
+
+    eval.json                 the report (schema_version, settings, environment, models, rows)
+    eval.md                   the Markdown table rendered from eval.json
+    lm_eval/<label>/<shots>/  lm-eval's results_*.json and samples_*.jsonl
+    logs/<label>-<shots>.log  each lm-eval run's full output
+
+Multi-GPU: `num_processes > 1` runs `accelerate launch --num_processes N -m lm_eval ...` (hf backend, one model
+copy per GPU); with vLLM, `data_parallel_size` / `tensor_parallel_size` go into its model_args.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+from sftpack import frameworks as fw
+from sftpack.errors import SftpackError
+from sftpack.evaluate import results as res
+from sftpack.evaluate.models import EvalModel, plan, vllm_max_lora_rank
+
+DEFAULT_TASKS = ("gsm8k-local", "gsm8k-local-chat")
+CMMLU_KEY = "cmmlu_dir"  # the --metadata key eval_tasks/cmmlu-local/csv_loader.py reads
+
+
+@dataclass
+class Settings:
+    """Everything about a run except the models; stored in eval.json."""
+
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    num_fewshot: list[int] | None = None      # None: each task's own; else one lm-eval run per value
+    limit: int | float | None = None
+    backend: str = "hf"
+    device: str | None = None                 # hf: cpu, cuda, cuda:1 ... (lm-eval's default: cuda if available)
+    batch_size: str = "1"
+    dtype: str | None = None                  # hf / vllm model dtype (auto, float32, bfloat16, ...)
+    gen_kwargs: str | None = None             # lm-eval --gen_kwargs, e.g. "max_gen_toks=64"
+    include_path: str = str(fw.EVAL_TASKS)
+    workdir: str = "."                        # lm-eval's current directory: task data_files resolve against it
+    metadata: dict[str, Any] = field(default_factory=dict)
+    num_processes: int = 1                    # hf: >1 = accelerate launch data parallel
+    data_parallel_size: int = 1               # vllm
+    tensor_parallel_size: int = 1             # vllm
+    base_url: str | None = None               # local-completions: http://HOST:PORT/v1/completions
+    tokenizer: str | None = None              # local-completions: tokenizer of the served model
+    num_concurrent: int = 1                   # local-completions
+    extra_model_args: str | None = None       # appended to --model_args, e.g. "parallelize=True,max_length=4096"
+    extra_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.num_processes > 1 and self.backend != "hf":
+            raise SftpackError("--num-processes (accelerate launch) is for the hf backend; with vllm use "
+                               "--data-parallel-size")
+        if (self.data_parallel_size > 1 or self.tensor_parallel_size > 1) and self.backend != "vllm":
+            raise SftpackError("--data-parallel-size / --tensor-parallel-size are vLLM settings: add --backend vllm")
+        if self.backend == "local-completions" and not self.base_url:
+            raise SftpackError("--backend local-completions needs --base-url, "
+                               "e.g. http://localhost:8000/v1/completions")
+
+
+def model_args(model: EvalModel, settings: Settings) -> str:
+    """lm-eval `--model_args` for one model on the chosen backend."""
+    args: dict[str, Any] = {}
+    if settings.backend == "hf":
+        args["pretrained"] = model.base if model.kind == "adapter" else model.path
+        if model.kind == "adapter":
+            args["peft"] = model.path
+        if settings.dtype:
+            args["dtype"] = settings.dtype
+    elif settings.backend == "vllm":
+        args["pretrained"] = model.base if model.kind == "adapter" else model.path
+        if model.kind == "adapter":
+            args["lora_local_path"] = model.path
+            args["max_lora_rank"] = vllm_max_lora_rank(model.lora_rank or 8)
+        if settings.dtype:
+            args["dtype"] = settings.dtype
+        if settings.data_parallel_size > 1:
+            args["data_parallel_size"] = settings.data_parallel_size
+        if settings.tensor_parallel_size > 1:
+            args["tensor_parallel_size"] = settings.tensor_parallel_size
+    else:  # local-completions: a model the server at base_url serves under this name
+        args.update(model=model.path, base_url=settings.base_url, num_concurrent=settings.num_concurrent)
+        args["tokenizer"] = settings.tokenizer or model.path
+        args["tokenizer_backend"] = "huggingface"
+    for key, value in args.items():
+        if "," in str(value):
+            raise SftpackError(f"{key}={value}: lm-eval splits --model_args on ',', so a value cannot contain one")
+    text = ",".join(f"{k}={v}" for k, v in args.items())
+    return f"{text},{settings.extra_model_args}" if settings.extra_model_args else text
+
+
+def lm_eval_command(model: EvalModel, settings: Settings, output_path: Path, num_fewshot: int | None) -> list[str]:
+    """The full `lm_eval` command line of one run (prefixed by `accelerate launch` for multi-GPU hf)."""
+    if settings.num_processes > 1:
+        cmd = [fw.executable("accelerate"), "launch", "--num_processes", str(settings.num_processes), "-m", "lm_eval"]
+    else:
+        cmd = [fw.executable("lm_eval")]
+    cmd += ["--model", settings.backend, "--model_args", model_args(model, settings),
+            "--tasks", ",".join(settings.tasks), "--include_path", str(Path(settings.include_path).resolve()),
+            "--output_path", str(output_path), "--log_samples", "--batch_size", str(settings.batch_size)]
+    if settings.device and settings.backend == "hf":
+        cmd += ["--device", settings.device]
+    if settings.limit is not None:
+        cmd += ["--limit", str(settings.limit)]
+    if num_fewshot is not None:
+        cmd += ["--num_fewshot", str(num_fewshot)]
+    if settings.gen_kwargs:
+        cmd += ["--gen_kwargs", settings.gen_kwargs]
+    if settings.metadata:
+        cmd += ["--metadata", json.dumps(settings.metadata, ensure_ascii=False)]
+    return cmd + list(settings.extra_args)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Library versions, machine and the sftpack git commit, stored beside every report."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(fw.REPO_ROOT), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain")
+    gpu = None
+    if shutil.which("nvidia-smi"):
+        try:
+            query = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                   capture_output=True, text=True, timeout=20)
+            gpu = [line.strip() for line in query.stdout.splitlines() if line.strip()] or None
+        except (OSError, subprocess.SubprocessError):
+            gpu = None
+    return {
+        "git_sha": (sha + ("-dirty" if dirty else "")) if sha else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "gpu": gpu,
+        **{name.replace("-", "_"): _version(name)
+           for name in ("lm-eval", "torch", "transformers", "peft", "accelerate", "vllm", "datasets")},
+    }
+
+
+def run_eval(model: str, tuned: list[str], out: Path, settings: Settings, include_base: bool = True,
+             skip_base_check: bool = False, env: Mapping[str, str] | None = None, echo: bool = True) -> dict[str, Any]:
+    """Evaluate the base model and each tuned model; write eval.json + eval.md under `out`; return the report."""
+    import os
+
+    from sftpack.evaluate.tasks import check_tasks
+
+    started = time.monotonic()
+    out = Path(out).resolve()
+    workdir = Path(settings.workdir).resolve()
+    if not workdir.is_dir():
+        raise SftpackError(f"--workdir {workdir}: no such folder")
+    settings.workdir = str(workdir)
+    settings.include_path = str(Path(settings.include_path).resolve())
+    models = plan(model, tuned, settings.backend, include_base=include_base, skip_base_check=skip_base_check)
+    leaves = check_tasks(settings.tasks, Path(settings.include_path), workdir, settings.metadata)
+    env = dict(os.environ if env is None else env)
+
+    shots: list[int | None] = list(settings.num_fewshot) if settings.num_fewshot else [None]
+    per_model: dict[str, list[dict[str, Any]]] = {}
+    model_records = []
+    for m in models:
+        runs, rows = [], []
+        for n in shots:
+            tag = "default-shots" if n is None else f"{n}-shot"
+            output_path = out / "lm_eval" / m.label / tag
+            if output_path.exists():
+                shutil.rmtree(output_path)  # never read a previous run's results by mistake
+            cmd = lm_eval_command(m, settings, output_path, n)
+            if echo:
+                print(f"\n=== sftpack eval: {m.label} ({m.kind}), {tag}: {' '.join(settings.tasks)}", flush=True)
+            run_started = time.monotonic()
+            fw.run_logged(cmd, workdir, env, out / "logs" / f"{m.label}-{tag}.log", echo=echo)
+            wall = time.monotonic() - run_started
+            run = res.read_run(output_path)
+            rows += res.metric_rows(run)
+            runs.append({"num_fewshot": n, "command": cmd, "results_file": str(run.results_file),
+                         "samples_files": {k: str(v) for k, v in sorted(run.samples_files.items())},
+                         "wall_s": round(wall, 2),
+                         "lm_eval_total_evaluation_time_s": res.number(
+                             float(run.results.get("total_evaluation_time_seconds", "nan")))})
+        per_model[m.label] = rows
+        model_records.append({**asdict(m), "runs": runs})
+
+    base_label = models[0].label if include_base else None
+    report = {
+        "schema_version": res.SCHEMA_VERSION,
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": asdict(settings),
+        "task_leaves": leaves,
+        "environment": environment(),
+        "base_label": base_label,
+        "models": model_records,
+        "rows": res.combine(per_model, base_label),
+        "wall_s": round(time.monotonic() - started, 2),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "eval.md").write_text(res.render_markdown(report), encoding="utf-8")
+    return report

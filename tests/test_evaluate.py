@@ -1,0 +1,384 @@
+"""`sftpack eval` (sftpack.evaluate): commands per backend, report building, the errors users hit, and a real run of
+the tiny base model plus one LoRA adapter from each framework.
+
+    .venv/bin/python -m pytest tests/test_evaluate.py                        # ~3 min on 2 cores
+    .venv/bin/python -m pytest tests/test_evaluate.py -m "not integration"   # ~15 s, no training, no model runs
+
+Offline. The integration fixture takes the tiny model (conftest), prepares the GSM8K sample shipped in the
+package, trains a LoRA adapter for 3 steps with `llamafactory-cli train` and with `swift sft`, and the test
+evaluates the base model and both adapters with `python -m sftpack eval` (real lm-eval runs, --limit 3). The
+retention tasks (two CMMLU subjects from ../shared/data/cmmlu) join that run when the data is there. The vLLM test
+skips unless vLLM and a CUDA GPU are present.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sftpack import frameworks as fw
+from sftpack.answer import ANSWER_RE, extract_answer
+from sftpack.errors import SftpackError
+from sftpack.cli import main as sftpack_main
+from sftpack.evaluate import cli, results
+from sftpack.evaluate.models import EvalModel, default_label, plan, same_model, split_label, vllm_max_lora_rank
+from sftpack.evaluate.runner import Settings, lm_eval_command, model_args
+
+REPO = Path(__file__).resolve().parents[1]
+CMMLU = REPO.parent / "shared" / "data" / "cmmlu"
+HAS_CMMLU = (CMMLU / "test").is_dir()
+SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+def _adapter(folder: Path, base: str, rank: int = 16) -> Path:
+    """An adapter folder as far as sftpack's checks read it (adapter_config.json only)."""
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "r": rank,
+                                                            "peft_type": "LORA"}))
+    return folder
+
+
+def _model(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+# ------------------------------------------------------------------------------------ models and their checks
+
+
+def test_labels():
+    assert default_label("saves/lf-lora") == "lf-lora"
+    assert default_label("saves/swift-lora/checkpoint-30/") == "swift-lora-checkpoint-30"
+    assert split_label("lf=saves/x") == ("lf", "saves/x")
+    assert split_label("saves/a=b/x") == (None, "saves/a=b/x")
+    with pytest.raises(SftpackError, match="may use only letters"):
+        EvalModel(label="a b", kind="base", path="m")
+
+
+def test_same_model():
+    assert same_model("Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-1.5B")
+    assert not same_model("Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-7B")
+    assert same_model(str(REPO), str(REPO / "eval_tasks" / ".."))                   # one folder, two spellings
+    assert not same_model(str(REPO / "eval_tasks"), str(REPO / "train_configs"))   # two local folders
+    assert same_model("Qwen/eval_tasks", str(REPO / "eval_tasks"))                 # a local copy of a hub model
+
+
+def test_plan_checks_adapters_and_bases(tmp_path):
+    base = _model(tmp_path / "base")
+    other = _model(tmp_path / "other")
+    lora = _adapter(tmp_path / "runs" / "lora", str(base), rank=12)
+    merged = _model(tmp_path / "runs" / "merged")
+    models = plan(str(base), [f"mine={lora}", str(merged)])
+    assert [(m.label, m.kind) for m in models] == [("base", "base"), ("mine", "adapter"), ("merged", "merged")]
+    assert models[1].base == str(base.resolve()) and models[1].lora_rank == 12
+    assert [m.label for m in plan(str(base), [str(lora)], include_base=False)] == ["lora"]
+
+    with pytest.raises(SftpackError, match=r"trained on '.*base', but --model is '.*other'.*--skip-base-check"):
+        plan(str(other), [str(lora)])
+    assert plan(str(other), [str(lora)], skip_base_check=True)[1].kind == "adapter"
+    with pytest.raises(SftpackError, match="is a LoRA adapter .* --tuned"):
+        plan(str(lora), [])
+    with pytest.raises(SftpackError, match="has no config.json"):
+        plan(str(tmp_path / "runs"), [])
+    with pytest.raises(SftpackError, match="no such folder"):
+        plan(str(base), [str(tmp_path / "missing")])
+    with pytest.raises(SftpackError, match="two models get the label 'lora'"):
+        plan(str(base), [str(lora), f"lora={merged}"])
+    swift_out = tmp_path / "swift-out"
+    _adapter(swift_out / "checkpoint-5", str(base))
+    _adapter(swift_out / "checkpoint-10", str(base))
+    with pytest.raises(SftpackError, match=r"no adapter_config.json .* did you mean --tuned .*checkpoint-10 "):
+        plan(str(base), [str(swift_out)])
+    assert plan("Qwen/Qwen2.5-1.5B", [], backend="local-completions")[0].kind == "served"
+
+
+# ------------------------------------------------------------------------------------------ commands per backend
+
+
+def test_hf_commands():
+    settings = Settings(tasks=["gsm8k-local", "gsm8k-local-chat"], limit=5, device="cpu", dtype="float32",
+                        gen_kwargs="max_gen_toks=64", metadata={"cmmlu_dir": "/data/cmmlu"}, extra_args=["--seed", "1"])
+    adapter = EvalModel("lf", "adapter", "/runs/lf", base="/models/base", lora_rank=16)
+    cmd = lm_eval_command(adapter, settings, Path("/out"), num_fewshot=8)
+    assert Path(cmd[0]).name == "lm_eval"
+    assert cmd[cmd.index("--model") + 1] == "hf"
+    assert cmd[cmd.index("--model_args") + 1] == "pretrained=/models/base,peft=/runs/lf,dtype=float32"
+    assert cmd[cmd.index("--tasks") + 1] == "gsm8k-local,gsm8k-local-chat"
+    assert cmd[cmd.index("--include_path") + 1] == str(fw.EVAL_TASKS)
+    assert cmd[cmd.index("--num_fewshot") + 1] == "8" and cmd[cmd.index("--limit") + 1] == "5"
+    assert json.loads(cmd[cmd.index("--metadata") + 1]) == {"cmmlu_dir": "/data/cmmlu"}
+    assert "--log_samples" in cmd and cmd[-2:] == ["--seed", "1"]
+    merged = EvalModel("full", "merged", "/runs/full")
+    assert model_args(merged, Settings()) == "pretrained=/runs/full"
+    assert model_args(merged, Settings(extra_model_args="parallelize=True")) == "pretrained=/runs/full,parallelize=True"
+    multi = lm_eval_command(merged, Settings(num_processes=4), Path("/out"), None)
+    assert [Path(multi[0]).name] + multi[1:6] == ["accelerate", "launch", "--num_processes", "4", "-m", "lm_eval"]
+    assert "--num_fewshot" not in multi and "--device" not in multi
+
+
+def test_vllm_commands():
+    settings = Settings(backend="vllm", data_parallel_size=2, dtype="bfloat16", batch_size="auto")
+    adapter = EvalModel("swift", "adapter", "/runs/swift/checkpoint-9", base="Qwen/Qwen2.5-1.5B", lora_rank=12)
+    assert model_args(adapter, settings) == ("pretrained=Qwen/Qwen2.5-1.5B,lora_local_path=/runs/swift/checkpoint-9,"
+                                             "max_lora_rank=16,dtype=bfloat16,data_parallel_size=2")
+    assert [vllm_max_lora_rank(r) for r in (1, 8, 9, 64, 320, 512)] == [8, 8, 16, 64, 320, 512]
+    with pytest.raises(SftpackError, match="above vLLM's largest"):
+        vllm_max_lora_rank(1024)
+    with pytest.raises(SftpackError, match="vLLM settings"):
+        Settings(data_parallel_size=2)
+    with pytest.raises(SftpackError, match="for the hf backend"):
+        Settings(backend="vllm", num_processes=2)
+
+
+def test_local_completions_commands():
+    with pytest.raises(SftpackError, match="needs --base-url"):
+        Settings(backend="local-completions")
+    settings = Settings(backend="local-completions", base_url="http://localhost:8000/v1/completions",
+                        tokenizer="Qwen/Qwen2.5-1.5B", num_concurrent=4)
+    served = plan("Qwen/Qwen2.5-1.5B", ["lf"], backend="local-completions")
+    assert model_args(served[1], settings) == ("model=lf,base_url=http://localhost:8000/v1/completions,"
+                                               "num_concurrent=4,tokenizer=Qwen/Qwen2.5-1.5B,"
+                                               "tokenizer_backend=huggingface")
+    with pytest.raises(SftpackError, match="cannot contain one"):
+        model_args(EvalModel("x", "merged", "/a,b"), Settings())
+
+
+def test_cli_arguments_become_settings():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["eval", "--model", "m", "--tuned", "a", "b", "--tuned", "c", "--num-fewshot", "0,5",
+                              "--limit", "0.5", "--cmmlu-dir", ".", "--metadata", '{"x": 1}',
+                              "--lm-eval-args", "--seed 3 --write_out", "--model-args", "max_length=64"])
+    settings = cli.settings_from_args(args)
+    assert args.tuned == ["a", "b", "c"] and args.func is cli.cmd_eval
+    assert settings.num_fewshot == [0, 5] and settings.limit == 0.5
+    assert settings.metadata == {"x": 1, "cmmlu_dir": str(Path(".").resolve())}
+    assert settings.extra_args == ["--seed", "3", "--write_out"] and settings.extra_model_args == "max_length=64"
+    assert settings.tasks == ["gsm8k-local", "gsm8k-local-chat"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--model", "m", "--num-fewshot", "five"])
+
+
+# ----------------------------------------------------------------------------------- report and format rate
+
+
+def test_format_rate_and_combine():
+    assert results.format_rate([]) == (None, None)
+    assert results.format_rate(["#### 5"]) == (1.0, None)
+    rate, stderr = results.format_rate(["x\n#### 1,000", "#### -2.5", "The answer is 3.", "####4"])
+    assert rate == 0.5 and stderr == pytest.approx((1 / 3 / 4) ** 0.5)  # sample variance / n, as lm-eval
+    rows = results.combine({
+        "base": [{"task": "t", "n_shot": 5, "filter": "f", "metric": "m", "value": 0.25, "stderr": 0.1,
+                  "higher_is_better": True}],
+        "lf": [{"task": "t", "n_shot": 5, "filter": "f", "metric": "m", "value": 0.75, "stderr": 0.1,
+                "higher_is_better": True},
+               {"task": "u", "n_shot": 0, "filter": "none", "metric": "acc", "value": 0.5, "stderr": None,
+                "higher_is_better": True}],
+    }, base_label="base")
+    assert rows[0]["delta"] == {"lf": 0.5} and rows[1]["values"] == {"lf": {"value": 0.5, "stderr": None}}
+    assert rows[1]["delta"] == {}
+    report = {"models": [{"label": "base", "kind": "base", "path": "m", "runs": [{"wall_s": 1.0}]},
+                         {"label": "lf", "kind": "adapter", "path": "a", "base": "m", "runs": [{"wall_s": 2.0}]}],
+              "base_label": "base", "rows": rows, "environment": {"lm_eval": "0.4.13", "git_sha": "abc"},
+              "settings": {"tasks": ["t", "u"], "backend": "hf", "limit": 5, "num_fewshot": None}}
+    table = results.render_markdown(report)
+    assert "| Task | n-shot | Filter | Metric | base | ± | lf | ± | Δ lf |" in table
+    assert "| t | 5 | f | m ↑ | 0.2500 | 0.1000 | 0.7500 | 0.1000 | +0.5000 |" in table
+    assert "| u | 0 | none | acc ↑ | — | — | 0.5000 | — | — |" in table
+
+
+@pytest.fixture(scope="module")
+def gsm8k_task(tmp_path_factory):
+    """lm-eval's gsm8k-local task over the shipped GSM8K sample (hubs off, caches in a temporary folder)."""
+    import datasets
+    from lm_eval.tasks import TaskManager
+
+    from sftpack.convert import prepare
+    from sftpack.converters import CONVERTERS
+    from sftpack.samples import sample_dir
+
+    root = tmp_path_factory.mktemp("gsm8k_task")
+    prepare(CONVERTERS["gsm8k"], str(sample_dir("gsm8k")), root / "dataset_info", progress=False)
+    patch = pytest.MonkeyPatch()
+    env = fw.offline_env(root / "cache", base={})
+    for key, value in env.items():
+        patch.setenv(key, value)
+    patch.setattr(datasets.config, "HF_DATASETS_CACHE", Path(env["HF_DATASETS_CACHE"]))
+    patch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    patch.chdir(root)
+    manager = TaskManager(include_defaults=False, include_path=str(fw.EVAL_TASKS))
+    yield SimpleNamespace(root=root, manager=manager)
+    patch.undo()
+
+
+def test_format_rate_regex_is_lm_evals_strict_match(gsm8k_task):
+    """extract_answer finds an answer exactly when lm-eval's strict-match filter does, for both gsm8k tasks."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    outputs = ["Natalia sold 48/2 = 24 clips in May.\n#### 72", "#### 1,072", "#### -3.5", "#### $5", "####5",
+               "The answer is 18.", "#### ", "x #### 12 and #### 13", "72", "\n#### 7\n\nQuestion: next"]
+    for name, expected in (("gsm8k-local", True), ("gsm8k-local-chat", True), ("gsm8k-local-cot", False)):
+        assert results.uses_answer_regex(load_yaml(fw.EVAL_TASKS / f"{name}.yaml", resolve_func=False)) == expected
+    task = next(iter(gsm8k_task.manager.load(["gsm8k-local-chat"])["tasks"].values()))
+    task.build_all_requests(limit=len(outputs), rank=0, world_size=1)
+    for inst, text in zip(task.instances, outputs, strict=True):
+        inst.resps = [text]
+    task.apply_filters()
+    lm_eval_found = [inst.filtered_resps["strict-match"] != "[invalid]" for inst in task.instances]
+    ours_found = [extract_answer(text) is not None for text in outputs]
+    assert ours_found == lm_eval_found
+    assert 0 < sum(ours_found) < len(outputs)
+    assert ANSWER_RE.pattern == "#### (\\-?[0-9\\.\\,]+)"
+
+
+def test_task_errors_name_the_fix(gsm8k_task, tmp_path):
+    from sftpack.evaluate.tasks import check_tasks
+
+    leaves = check_tasks(["gsm8k-local", "gsm8k-local-chat"], fw.EVAL_TASKS, gsm8k_task.root)
+    assert leaves == {"gsm8k-local": ["gsm8k-local"], "gsm8k-local-chat": ["gsm8k-local-chat"]}
+    with pytest.raises(SftpackError) as err:
+        check_tasks(["gsm8k-locl"], fw.EVAL_TASKS, gsm8k_task.root)
+    assert "unknown task(s) ['gsm8k-locl']" in str(err.value)
+    assert "gsm8k-local-chat" in str(err.value) and "cmmlu-local (group of 67 tasks" in str(err.value)
+    assert check_tasks(["hellaswag"], fw.EVAL_TASKS, gsm8k_task.root) == {"hellaswag": ["hellaswag"]}  # built-in
+    with pytest.raises(SftpackError, match=r"reads dataset_info/gsm8k_train.jsonl.* does not exist; create it with "
+                                           r"`sftpack prepare gsm8k --source openai/gsm8k --out "):
+        check_tasks(["gsm8k-local-chat"], fw.EVAL_TASKS, tmp_path)
+    with pytest.raises(SftpackError, match="--cmmlu-dir"):
+        check_tasks(["cmmlu-local-agronomy"], fw.EVAL_TASKS, gsm8k_task.root)
+    with pytest.raises(SftpackError, match="which has no test/ folder"):
+        check_tasks(["cmmlu-local"], fw.EVAL_TASKS, gsm8k_task.root, {"cmmlu_dir": str(tmp_path)})
+
+
+# ------------------------------------------------------------------ the real thing: tiny model + two adapters
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model):
+    """GSM8K sample in dataset_info/, a 3-step LoRA adapter of the tiny model from LLaMA-Factory and from ms-swift."""
+    from sftpack.convert import prepare
+    from sftpack.converters import CONVERTERS
+    from sftpack.demo import lf_overrides, swift_overrides
+    from sftpack.samples import sample_dir
+
+    root = tmp_path_factory.mktemp("eval_run")
+    env = fw.offline_env(root / "cache")
+    model = Path(tiny_model).resolve()
+    prepare(CONVERTERS["gsm8k"], str(sample_dir("gsm8k")), root / "dataset_info", progress=False)
+    lf_out, swift_out = root / "saves" / "lf-lora", root / "saves" / "swift-lora"
+    fw.run_logged(fw.lf_train_cmd(fw.LF_LORA_CONFIG, lf_overrides(model, lf_out, 3)), root, env,
+                  root / "logs" / "llamafactory.log", echo=False)
+    fw.run_logged(fw.swift_sft_cmd(fw.SWIFT_LORA_CONFIG, swift_overrides(model, swift_out, 3)), root, env,
+                  root / "logs" / "swift.log", echo=False)
+    return SimpleNamespace(root=root, env=env, model=model, lf=lf_out, swift_out=swift_out,
+                           swift=fw.last_checkpoint(swift_out))
+
+
+@pytest.mark.integration
+def test_sftpack_eval_base_and_both_adapters(trained):
+    tasks = ["gsm8k-local", "gsm8k-local-chat"] + (["cmmlu-local-agronomy", "cmmlu-local-anatomy"] if HAS_CMMLU else [])
+    out = trained.root / "eval"
+    cmd = [sys.executable, "-m", "sftpack", "eval", "--model", str(trained.model), "--tuned", f"lf={trained.lf}",
+           f"swift={trained.swift}", "--tasks", ",".join(tasks), "--limit", "3", "--device", "cpu",
+           "--gen-kwargs", "max_gen_toks=32", "--workdir", str(trained.root), "--out", str(out), "--quiet"]
+    if HAS_CMMLU:
+        cmd += ["--cmmlu-dir", str(CMMLU)]
+    done = subprocess.run(cmd, cwd=trained.root, env=trained.env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    print((out / "eval.md").read_text(encoding="utf-8"))
+
+    models = {m["label"]: m for m in report["models"]}
+    assert list(models) == ["base", "lf", "swift"] and report["base_label"] == "base"
+    assert models["lf"]["kind"] == models["swift"]["kind"] == "adapter"
+    assert models["lf"]["path"] == str(trained.lf) and models["swift"]["path"] == str(trained.swift)
+    assert models["lf"]["base"] == str(trained.model)
+    for label in ("lf", "swift"):
+        run = models[label]["runs"][0]
+        assert f"peft={models[label]['path']}" in run["command"][run["command"].index("--model_args") + 1]
+        assert (out / "logs" / f"{label}-default-shots.log").read_text().startswith("$ ")
+
+    rows = {(r["task"], r["filter"], r["metric"]): r for r in report["rows"]}
+    for task in tasks:  # every task has a row for every model ...
+        assert any(key[0] == task for key in rows), task
+    for row in report["rows"]:
+        assert set(row["values"]) == {"base", "lf", "swift"}, row
+        for label in ("lf", "swift"):  # ... and the delta is the difference to the base model
+            assert row["delta"][label] == pytest.approx(row["values"][label]["value"] - row["values"]["base"]["value"])
+    assert {k[0]: r["n_shot"] for k, r in rows.items()} == {"gsm8k-local": 5, "gsm8k-local-chat": 0,
+                                                            **{t: 0 for t in tasks[2:]}}
+
+    for label, model in models.items():  # the table holds lm-eval's own numbers
+        run = model["runs"][0]
+        lm_eval_results = json.loads(Path(run["results_file"]).read_text())["results"]
+        for task, metrics in lm_eval_results.items():
+            for key, value in metrics.items():
+                if "," in key and "_stderr" not in key:
+                    metric, flt = key.split(",", 1)
+                    assert rows[(task, flt, metric)]["values"][label]["value"] == value
+        for task in ("gsm8k-local", "gsm8k-local-chat"):  # format rate = lm-eval's strict-match found an answer
+            samples = [json.loads(line) for line in open(run["samples_files"][task], encoding="utf-8")]
+            strict = [s for s in samples if s["filter"] == "strict-match"]
+            assert len(strict) == 3
+            expected = sum(s["filtered_resps"][0] != "[invalid]" for s in strict) / 3
+            assert rows[(task, "strict-match", "format_rate")]["values"][label]["value"] == expected
+    assert not any(k[2] == "format_rate" for k in rows if k[0].startswith("cmmlu"))
+
+    if HAS_CMMLU:  # the adapters were really applied: their log-likelihoods differ from the base model's
+        def loglikelihoods(label):
+            path = models[label]["runs"][0]["samples_files"]["cmmlu-local-agronomy"]
+            return [s["resps"] for s in map(json.loads, open(path, encoding="utf-8"))]
+        assert loglikelihoods("lf") != loglikelihoods("base") != loglikelihoods("swift")
+    table = (out / "eval.md").read_text(encoding="utf-8")
+    assert table == results.render_markdown(report)
+    assert "| Task | n-shot | Filter | Metric | base | ± | lf | ± | Δ lf | swift | ± | Δ swift |" in table
+
+
+@pytest.mark.integration
+def test_sftpack_eval_errors_on_real_training_outputs(trained, capsys):
+    def fails(*argv) -> str:
+        assert sftpack_main(["eval", "--model", str(trained.model), "--workdir", str(trained.root),
+                         "--out", str(trained.root / "eval-errors"), *argv]) == 1
+        return capsys.readouterr().err
+
+    err = fails("--tuned", str(trained.swift_out))  # Swift's output folder, not its checkpoint
+    assert "no adapter_config.json" in err and f"did you mean --tuned {trained.swift}" in err
+    copy = trained.root / "tiny-model-copy"
+    shutil.copytree(trained.model, copy)
+    assert "adapter_config.json says it was trained on" in fails("--model", str(copy), "--tuned", str(trained.lf))
+    assert plan(str(copy), [str(trained.lf)], skip_base_check=True)[1].base == str(copy)
+    assert "is a LoRA adapter" in fails("--model", str(trained.lf))
+    assert "cmmlu-local (group of 67 tasks" in fails("--tuned", str(trained.lf), "--tasks", "gsm8k-chat")
+    empty = trained.root / "empty"
+    empty.mkdir()
+    assert "sftpack prepare gsm8k" in fails("--tuned", str(trained.lf), "--workdir", str(empty))
+    assert not (trained.root / "eval-errors").exists()  # nothing ran
+
+
+@pytest.mark.integration
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (pip install vllm)")
+def test_sftpack_eval_vllm_backend(trained):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a CUDA GPU")
+    out = trained.root / "eval-vllm"
+    cmd = [sys.executable, "-m", "sftpack", "eval", "--backend", "vllm", "--model", str(trained.model),
+           "--tuned", f"lf={trained.lf}", "--tasks", "gsm8k-local-chat", "--limit", "3", "--dtype", "float32",
+           "--workdir", str(trained.root), "--out", str(out), "--quiet"]
+    done = subprocess.run(cmd, cwd=trained.root, env=trained.env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    assert "lora_local_path=" in " ".join(report["models"][1]["runs"][0]["command"])
+    assert {r["metric"] for r in report["rows"]} >= {"exact_match", "format_rate"}
