@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="build a tiny random Qwen2 model + tokenizer offline")
     tiny.add_argument("out_dir", help="folder to write (created)")
     tiny.add_argument("--seed", type=int, default=0, help="weights seed; same seed, same bytes (default 0)")
-    tiny.add_argument("--shape", default="tiny", choices=["tiny", "qwen2.5-1.5b"],
-                      help="'qwen2.5-1.5b' = Qwen2.5-1.5B's exact shape, random weights (for time/memory)")
+    tiny.add_argument("--shape", default="tiny", choices=["tiny", "small", "qwen2.5-1.5b"],
+                      help="'tiny' (test fixture), 'small' (demo default, learns the GSM8K format on a CPU), "
+                           "'qwen2.5-1.5b' = Qwen2.5-1.5B's exact shape, random weights (for time/memory)")
     tiny.set_defaults(func=_cmd_tiny_model)
 
     prep = sub.add_parser("prepare", help="convert a dataset into dataset_info/ (LLaMA-Factory + Swift)")
