@@ -4,7 +4,8 @@
         [--sample 500000] [--workers N] [--text-scale 1] [--keep-data]
     .venv/bin/python benchmarks/recipe_dedup_bench.py OUT_DIR --report-only     # rebuild report.md
 
-Run from the repo root; needs ../shared/data/gsm8k (the rows are built from it). Writes OUT_DIR
+Run from the repo root; the rows are built from ../shared/data/gsm8k when present, else from the GSM8K sample
+shipped in the package. Writes OUT_DIR
 (default runs/bench/recipe_dedup/) /result.json (schema_version 1) and /report.md (rebuilt from
 result.json alone); the generated data and outputs live in OUT_DIR/work/ and are deleted unless --keep-data.
 
@@ -44,7 +45,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
 SCHEMA_VERSION = 1
-GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
+SHARED_GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
+
+
+def gsm8k_folder() -> Path:
+    """The full GSM8K beside the repo when present, else the sample shipped in the package."""
+    from sftpack.samples import sample_dir
+
+    return SHARED_GSM8K if (SHARED_GSM8K / "train.jsonl").is_file() else sample_dir("gsm8k")
 SEED = 42
 TARGET_ROWS_PER_S = 200_000
 TARGET_PEAK_RSS_BYTES = 2 * 1024 ** 3
@@ -85,7 +93,7 @@ def generate(path: Path, rows: int, dup_share: float, progress: bool, text_scale
 
     base = []
     for split in ("train", "test"):
-        with (GSM8K / f"{split}.jsonl").open(encoding="utf-8") as handle:
+        with (gsm8k_folder() / f"{split}.jsonl").open(encoding="utf-8") as handle:
             base += [json.loads(line) for line in handle]
     rng = random.Random(SEED)
     duplicates = round(rows * dup_share)
