@@ -1,5 +1,5 @@
 # The README's two commands. Each sets up .venv first (plugins/bootstrap.py; instant when current).
-#   make demo   main job on the embedded default: offline, CPU, tiny model
+#   make demo   main job on the embedded default pipeline: offline, CPU, small random model (sftpack run)
 #   make test   the whole test suite (unit + real-CLI integration), offline, CPU
 PY := .venv/bin/python
 PYTEST_ARGS ?=
@@ -10,7 +10,7 @@ setup:
 	python3 plugins/bootstrap.py
 
 demo: setup
-	$(PY) -m sftpack demo
+	$(PY) -m sftpack run benchmarks/pipelines/tiny_cpu.yaml --out runs/demo
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

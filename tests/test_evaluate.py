@@ -268,7 +268,6 @@ def trained(tmp_path_factory, tiny_model):
     """GSM8K sample in dataset_info/, a 3-step LoRA adapter of the tiny model from LLaMA-Factory and from ms-swift."""
     from sftpack.convert import prepare
     from sftpack.converters import CONVERTERS
-    from sftpack.demo import lf_overrides, swift_overrides
     from sftpack.samples import sample_dir
 
     root = tmp_path_factory.mktemp("eval_run")
@@ -276,9 +275,9 @@ def trained(tmp_path_factory, tiny_model):
     model = Path(tiny_model).resolve()
     prepare(CONVERTERS["gsm8k"], str(sample_dir("gsm8k")), root / "dataset_info", progress=False)
     lf_out, swift_out = root / "saves" / "lf-lora", root / "saves" / "swift-lora"
-    fw.run_logged(fw.lf_train_cmd(fw.LF_LORA_CONFIG, lf_overrides(model, lf_out, 3)), root, env,
+    fw.run_logged(fw.lf_train_cmd(fw.LF_LORA_CONFIG, fw.tiny_lf_overrides(model, lf_out, 3, batch=4, learning_rate=1e-3)), root, env,
                   root / "logs" / "llamafactory.log", echo=False)
-    fw.run_logged(fw.swift_sft_cmd(fw.SWIFT_LORA_CONFIG, swift_overrides(model, swift_out, 3)), root, env,
+    fw.run_logged(fw.swift_sft_cmd(fw.SWIFT_LORA_CONFIG, fw.tiny_swift_overrides(model, swift_out, 3, batch=4, learning_rate=1e-3)), root, env,
                   root / "logs" / "swift.log", echo=False)
     return SimpleNamespace(root=root, env=env, model=model, lf=lf_out, swift_out=swift_out,
                            swift=fw.last_checkpoint(swift_out))

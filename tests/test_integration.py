@@ -5,14 +5,13 @@
 `llamafactory-cli train` (LoRA and full) and `swift sft` (LoRA and full) run the shipped configs with only
 CPU/tiny-model overrides (tiny model, a few steps, fp32, small batch) on the full GSM8K train split prepared
 by `sftpack prepare`; `lm_eval ... --tasks gsm8k-local --include_path eval_tasks` scores an adapter of each
-framework; `sftpack demo` runs the README's main job end to end.
+framework. The README's main job (`sftpack run`) is tested in test_pipeline.py.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
 import time
 from pathlib import Path
 
@@ -23,18 +22,6 @@ from sftpack import frameworks as fw
 pytestmark = pytest.mark.integration
 STEPS = 4
 LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
-
-
-def overrides_lf(model: Path, out: Path) -> dict:
-    return {**fw.TINY_CPU_LF, "model_name_or_path": model, "output_dir": out, "max_steps": STEPS,
-            "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "logging_steps": 1,
-            "save_steps": STEPS}
-
-
-def overrides_swift(model: Path, out: Path) -> dict:
-    return {**fw.TINY_CPU_SWIFT, "model": model, "output_dir": out, "max_steps": STEPS,
-            "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "logging_steps": 1,
-            "save_steps": STEPS, "external_plugins": [fw.SWIFT_PLUGIN]}
 
 
 def run(cmd: list[str], cwd: Path, env: dict, log: Path) -> float:
@@ -51,13 +38,13 @@ def trained(tmp_path_factory, tiny_model, workdir, env) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     outputs = {}
     for name, config, build, overrides in (
-        ("lf_lora", fw.LF_LORA_CONFIG, fw.lf_train_cmd, overrides_lf),
-        ("lf_full", fw.LF_FULL_CONFIG, fw.lf_train_cmd, overrides_lf),
-        ("swift_lora", fw.SWIFT_LORA_CONFIG, fw.swift_sft_cmd, overrides_swift),
-        ("swift_full", fw.SWIFT_FULL_CONFIG, fw.swift_sft_cmd, overrides_swift),
+        ("lf_lora", fw.LF_LORA_CONFIG, fw.lf_train_cmd, fw.tiny_lf_overrides),
+        ("lf_full", fw.LF_FULL_CONFIG, fw.lf_train_cmd, fw.tiny_lf_overrides),
+        ("swift_lora", fw.SWIFT_LORA_CONFIG, fw.swift_sft_cmd, fw.tiny_swift_overrides),
+        ("swift_full", fw.SWIFT_FULL_CONFIG, fw.swift_sft_cmd, fw.tiny_swift_overrides),
     ):
         out = root / name
-        run(build(config, overrides(tiny_model, out)), workdir, env, root / f"{name}.log")
+        run(build(config, overrides(tiny_model, out, STEPS)), workdir, env, root / f"{name}.log")
         outputs[name] = out
     return outputs
 
@@ -114,16 +101,3 @@ def test_lm_eval_scores_each_frameworks_adapter(trained, name, tiny_model, workd
     assert results["config"]["model_args"]["peft"] == str(adapter)
     assert results["n-samples"]["gsm8k-local"]["effective"] == 3
 
-
-def test_demo_main_job_end_to_end(tmp_path, env):
-    out = tmp_path / "demo"
-    result = subprocess.run([fw.executable("sftpack"), "demo", "--out", str(out), "--steps", "3", "--limit", "2"],
-                            capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["adapters"]) == {"llamafactory", "swift"}
-    for framework, adapter in summary["adapters"].items():
-        assert (Path(adapter) / "adapter_config.json").is_file()
-        assert set(summary["eval"][framework]["exact_match"]) == {"strict-match", "flexible-extract"}
-        assert framework in result.stdout and adapter in result.stdout
-    assert str(out / "summary.json") in result.stdout

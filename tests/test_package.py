@@ -20,5 +20,5 @@ def test_console_script_help():
 
     result = subprocess.run([executable("sftpack"), "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("tiny-model", "prepare", "demo"):
+    for command in ("tiny-model", "prepare", "eval", "recipe", "run"):
         assert command in result.stdout

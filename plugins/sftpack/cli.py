@@ -4,7 +4,8 @@
     sftpack prepare gsm8k --source SRC --out DIR     convert a dataset and merge dataset_info.json entries
     sftpack eval --model M [--tuned [LABEL=]PATH ...] [--tasks T,...]   base vs tuned with lm-eval: JSON + table
     sftpack recipe RECIPE.yaml [--out DIR]           data recipes: dedup, sampling, quotas, MCQ augmentation, mixes
-    sftpack demo [--out runs/demo]                   the main job on the embedded default (offline, CPU)
+    sftpack bench SUITE | report                     benchmark both frameworks; rebuild the report from results
+    sftpack run [PIPELINE.yaml] [--out DIR] [--force STAGE]   prepare, train LF + Swift, eval, report (the main job)
 
 Framework packages are imported inside the commands, so `sftpack --help` starts without torch.
 """
@@ -40,13 +41,6 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from sftpack.demo import run_demo
-
-    run_demo(Path(args.out), steps=args.steps, eval_limit=args.limit)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from sftpack.converters import CONVERTERS
 
@@ -75,17 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=_cmd_prepare)
 
+    from sftpack.bench.cli import add_parser as add_bench_parser
     from sftpack.evaluate import add_parser as add_eval_parser
+    from sftpack.pipeline import add_parser as add_run_parser
     from sftpack.recipes import add_parser as add_recipe_parser
 
     add_eval_parser(sub)
     add_recipe_parser(sub)
+    add_run_parser(sub)
+    add_bench_parser(sub)
 
-    demo = sub.add_parser("demo", help="main job on the embedded default: prepare, train LF + Swift, evaluate")
-    demo.add_argument("--out", default="runs/demo", help="work folder (default: runs/demo)")
-    demo.add_argument("--steps", type=int, default=20, help="training steps per framework (default 20)")
-    demo.add_argument("--limit", type=int, default=20, help="GSM8K test questions to evaluate (default 20)")
-    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

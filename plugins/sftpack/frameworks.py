@@ -40,6 +40,20 @@ TINY_CPU_SWIFT: dict[str, Any] = {
 }
 
 
+def tiny_lf_overrides(model: Path, output_dir: Path, steps: int, batch: int = 2, **extra: Any) -> dict[str, Any]:
+    """A shipped LLaMA-Factory config on the tiny model for `steps` steps on a CPU (tests, quick runs)."""
+    return {**TINY_CPU_LF, "model_name_or_path": model, "output_dir": output_dir, "max_steps": steps,
+            "per_device_train_batch_size": batch, "gradient_accumulation_steps": 1, "logging_steps": 1,
+            "save_steps": steps, **extra}
+
+
+def tiny_swift_overrides(model: Path, output_dir: Path, steps: int, batch: int = 2, **extra: Any) -> dict[str, Any]:
+    """A shipped ms-swift config on the tiny model for `steps` steps on a CPU (tests, quick runs)."""
+    return {**TINY_CPU_SWIFT, "model": model, "output_dir": output_dir, "max_steps": steps,
+            "per_device_train_batch_size": batch, "gradient_accumulation_steps": 1, "logging_steps": 1,
+            "save_steps": steps, "external_plugins": [SWIFT_PLUGIN], **extra}
+
+
 def offline_env(cache_root: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """`base` (default os.environ) with hubs off and every cache inside `cache_root`."""
     env = dict(os.environ if base is None else base)

@@ -1,0 +1,108 @@
+"""`sftpack bench`: run a benchmark suite, or rebuild the report from stored results.
+
+    sftpack bench benchmarks/suites/cpu_tiny.yaml                 run a suite (results: benchmarks/results/)
+    sftpack bench benchmarks/suites/cpu_tiny.yaml --repeats 1 --only lf_lora,swift_lora
+    sftpack bench report                                          rebuild report.md + PNGs for every suite
+    sftpack bench report --suite cpu_tiny --readme benchmarks/README.md
+
+`sftpack bench SUITE --help` and `sftpack bench report --help` list the options. Wired into the main CLI with
+`add_parser(subparsers)`; the exit status is 1 when any run failed, timed out or was killed (all are recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+def build_run_parser(prog: str = "sftpack bench") -> argparse.ArgumentParser:
+    from sftpack.bench.runner import DEFAULT_RESULTS, DEFAULT_WORK
+
+    parser = argparse.ArgumentParser(prog=f"{prog} SUITE", description="Run every run of a benchmark suite "
+                                     "through the framework CLIs and store one result folder per run.")
+    parser.add_argument("suite", help="suite YAML, e.g. benchmarks/suites/cpu_tiny.yaml")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
+                        help=f"results root; a new session folder is added under <results>/<suite>/ "
+                             f"(default {DEFAULT_RESULTS})")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
+                        help=f"scratch root: built models, dataset_info/, training outputs (default {DEFAULT_WORK})")
+    parser.add_argument("--repeats", type=int, help="repeats per run (default: the suite's)")
+    parser.add_argument("--only", help="comma-separated run names to run (default: all)")
+    parser.add_argument("--overhead-repeats", type=int,
+                        help="bare/harnessed pairs for the overhead measurement; 0 = skip (default: the suite's)")
+    parser.add_argument("--keep-outputs", action="store_true", help="keep checkpoints (default: deleted)")
+    parser.add_argument("--echo", action="store_true", help="stream the frameworks' output to the terminal")
+    return parser
+
+
+def build_report_parser(prog: str = "sftpack bench") -> argparse.ArgumentParser:
+    from sftpack.bench.runner import DEFAULT_RESULTS
+
+    parser = argparse.ArgumentParser(prog=f"{prog} report", description="Rebuild report.md and PNG plots from "
+                                     "stored results (never edited by hand).")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=f"results root (default "
+                                                                               f"{DEFAULT_RESULTS})")
+    parser.add_argument("--suite", action="append", help="suite name(s) (default: every suite under --results)")
+    parser.add_argument("--session", help="session id (default: the latest session of each suite)")
+    parser.add_argument("--out", type=Path, help="output folder (default: <results>/<suite>/)")
+    parser.add_argument("--readme", type=Path,
+                        help="also replace the '<!-- bench:SUITE -->' ... '<!-- /bench:SUITE -->' section of this "
+                             "Markdown file with the suite's tables")
+    parser.add_argument("--no-plots", action="store_true", help="Markdown only")
+    return parser
+
+
+def _run(argv: list[str], prog: str) -> int:
+    from sftpack.bench.report import format_table_text
+    from sftpack.bench.runner import run_suite
+
+    args = build_run_parser(prog).parse_args(argv)
+    only = [name.strip() for name in args.only.split(",")] if args.only else None
+    session_dir, results = run_suite(Path(args.suite), args.results, args.work, repeats=args.repeats, only=only,
+                                     overhead_repeats=args.overhead_repeats, keep_outputs=args.keep_outputs,
+                                     echo=args.echo)
+    print(format_table_text(results))
+    bad = [f"{r.run} r{r.repeat}: {r.status}" for r in results if r.status not in ("ok", "skipped")]
+    print(f"results: {session_dir}\nreport:  {prog} report --results {args.results} --suite {session_dir.parent.name}")
+    if bad:
+        print(f"{len(bad)} run(s) did not finish ok (recorded): {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report(argv: list[str], prog: str) -> int:
+    from sftpack.bench.report import build_reports
+
+    args = build_report_parser(prog).parse_args(argv)
+    for path in build_reports(args.results, suites=args.suite, session=args.session, out=args.out,
+                              readme=args.readme, plots=not args.no_plots):
+        print(f"wrote {path}")
+    return 0
+
+
+def dispatch(argv: list[str], prog: str = "sftpack bench") -> int:
+    """`report ...` -> the report; anything else -> run the suite named first."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.split("\n\n", 1)[1])
+        return 0 if argv else 2
+    if argv[0] == "report":
+        return _report(argv[1:], prog)
+    return _run(argv, prog)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    return dispatch([args.target] + list(args.rest))
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `bench` to the `sftpack` command line (`subparsers` from parser.add_subparsers())."""
+    parser = subparsers.add_parser(
+        "bench", help="benchmark LLaMA-Factory vs ms-swift: `bench SUITE` runs, `bench report` rebuilds the report",
+        description=__doc__.split("\n\n")[0], epilog=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", metavar="SUITE|report", help="a suite YAML to run, or 'report'")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="options of that mode (see SUITE --help, report --help)")
+    parser.set_defaults(func=_cmd_bench)
+    return parser

@@ -1,0 +1,134 @@
+"""Capture the environment a benchmark ran in: packages, torch/CUDA, GPUs and driver, CPU, git sha + dirty.
+
+    python -m sftpack.bench.environment            # prints the JSON the harness stores with every result
+
+The harness runs this module in a subprocess once per session, so torch is never imported into the
+harness process (its memory stays small and is measured).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from sftpack import frameworks as fw
+
+PACKAGES = ("sftpack", "torch", "transformers", "accelerate", "peft", "trl", "datasets", "tokenizers",
+            "llamafactory", "ms-swift", "deepspeed", "flash-attn", "liger-kernel", "lm-eval", "psutil",
+            "nvidia-ml-py", "matplotlib", "numpy")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=fw.REPO_ROOT, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_info() -> dict[str, Any]:
+    sha = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain")
+    dirty = [line[3:] for line in status.splitlines()] if status is not None else None
+    return {"sha": sha.strip() if sha else None,
+            "dirty": bool(dirty) if dirty is not None else None,
+            "dirty_paths": dirty[:30] if dirty else [],
+            "dirty_paths_total": len(dirty) if dirty is not None else None}
+
+
+def cpu_info() -> dict[str, Any]:
+    model = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), None)
+    except OSError:
+        model = platform.processor() or None
+    memory_gib = None
+    try:
+        import psutil
+
+        memory_gib = round(psutil.virtual_memory().total / 1024**3, 1)
+    except ImportError:
+        pass
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"model": model, "logical_cores": os.cpu_count(), "usable_cores": affinity, "memory_total_gib": memory_gib}
+
+
+def gpu_info() -> dict[str, Any]:
+    """torch's view (what the frameworks use) plus NVML's (name, memory, driver) when available."""
+    info: dict[str, Any] = {"torch_version": None, "cuda": None, "cudnn": None, "cuda_available": False,
+                            "device_count": 0, "torch_threads": None, "devices": [], "driver": None,
+                            "nvml": None}
+    try:
+        import torch
+
+        info.update(torch_version=torch.__version__, cuda=torch.version.cuda, torch_threads=torch.get_num_threads(),
+                    cuda_available=torch.cuda.is_available())
+        if torch.cuda.is_available():
+            info["cudnn"] = torch.backends.cudnn.version()
+            info["device_count"] = torch.cuda.device_count()
+            for i in range(info["device_count"]):
+                props = torch.cuda.get_device_properties(i)
+                info["devices"].append({"name": props.name, "memory_total_mib": round(props.total_memory / 1024**2),
+                                        "capability": f"{props.major}.{props.minor}"})
+    except ImportError:
+        pass
+    if info["device_count"]:
+        from sftpack.bench.monitor import Nvml
+
+        nvml, why = Nvml.open()
+        if nvml is None:
+            info["nvml"] = why
+        else:
+            pynvml = nvml._nvml
+            driver = pynvml.nvmlSystemGetDriverVersion()
+            info["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+            info["nvml"] = "ok"
+            nvml.close()
+    return info
+
+
+def capture() -> dict[str, Any]:
+    return {
+        "captured_at_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "gpu": gpu_info(),
+        "cpu": cpu_info(),
+        "git": git_info(),
+    }
+
+
+def summary_line(env: dict[str, Any]) -> str:
+    """One line for reports: hardware, key versions, git sha."""
+    gpu, cpu, pkgs, git = env.get("gpu") or {}, env.get("cpu") or {}, env.get("packages") or {}, env.get("git") or {}
+    if gpu.get("devices"):
+        names = sorted({d["name"] for d in gpu["devices"]})
+        hardware = f"{len(gpu['devices'])}x {', '.join(names)} (driver {gpu.get('driver')}, CUDA {gpu.get('cuda')})"
+    else:
+        hardware = "no GPU"
+    cores = cpu.get("usable_cores") or cpu.get("logical_cores")
+    sha = (git.get("sha") or "unknown")[:10] + (" (dirty)" if git.get("dirty") else "")
+    versions = ", ".join(f"{name} {pkgs[name]}" for name in ("torch", "transformers", "llamafactory", "ms-swift")
+                         if pkgs.get(name))
+    return (f"{hardware}; CPU {cpu.get('model')} ({cores} cores, {cpu.get('memory_total_gib')} GiB); "
+            f"Python {env.get('python')}; {versions}; git {sha}")
+
+
+if __name__ == "__main__":
+    json.dump(capture(), sys.stdout, indent=2)
+    sys.stdout.write("\n")

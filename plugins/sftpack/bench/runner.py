@@ -1,0 +1,519 @@
+"""Run a benchmark suite: every run through the framework's own CLI, measured from outside, results kept.
+
+    sftpack bench benchmarks/suites/cpu_tiny.yaml [--repeats N] [--only a,b] [--overhead-repeats N]
+    python -m sftpack.bench benchmarks/suites/cpu_tiny.yaml          # the same, before `bench` is wired in
+
+Per session (one invocation): check fairness of every pair (refuse or mark, per the suite); capture the
+environment (subprocess); prepare the model (a local/cached checkpoint, else built offline with random
+weights) and the dataset into the session's work folder (the frameworks' current directory, so
+`dataset_dir: dataset_info` resolves there); then run each run x repeat, interleaving repeats. Each run gets
+its own cache folder (no tokenised-dataset cache carried between runs) and output folder (deleted after its
+logs are copied, unless --keep-outputs). A run that fails, times out or is killed is recorded with its exit,
+reason and log tail, and the suite goes on. Optionally the harness's overhead is measured: the same command
+bare and under the harness, alternately.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sftpack import frameworks as fw
+from sftpack.bench import fairness, logs
+from sftpack.bench.monitor import Measured, Nvml, harness_rss_mib, run_measured
+from sftpack.bench.results import SCHEMA_VERSION, Memory, RunResult, Throughput, write_json
+from sftpack.bench.suite import RunSpec, Suite, SuiteError, load_suite
+from sftpack.errors import SftpackError
+
+DEFAULT_RESULTS = fw.REPO_ROOT / "benchmarks" / "results"
+DEFAULT_WORK = fw.REPO_ROOT / "runs" / "bench"
+LOG_TAIL_LINES = 40
+OVERHEAD_TARGETS = {"wall_pct": 2.0, "memory_mib": 50.0}
+BUILT_MARKER = ".sftpack-bench-built"
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(fw.REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    return "".join(text.splitlines(True)[-lines:])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- the model and the dataset ------------------------------------------------------------------------------
+def find_local_model(path: str) -> tuple[Path | None, str | None]:
+    """A model folder for `path` available offline: a folder, or a hub id in this machine's HF/ModelScope cache."""
+    candidate = Path(path).expanduser()
+    for folder in ([candidate] if candidate.is_absolute() else [fw.REPO_ROOT / candidate, Path.cwd() / candidate]):
+        if (folder / "config.json").is_file():
+            return folder.resolve(), f"local folder {folder.resolve()}"
+    if path.count("/") != 1:
+        return None, None
+    org, name = path.split("/")
+    hf_hubs = [os.environ.get("HF_HUB_CACHE"), os.environ.get("HF_HOME") and os.path.join(os.environ["HF_HOME"], "hub"),
+               os.path.expanduser("~/.cache/huggingface/hub")]
+    for hub in filter(None, hf_hubs):
+        for snapshot in sorted(Path(hub).glob(f"models--{org}--{name}/snapshots/*")):
+            if (snapshot / "config.json").is_file() and any(snapshot.glob("*.safetensors")):
+                return snapshot.resolve(), f"HuggingFace cache {snapshot.resolve()}"
+    ms_hubs = [os.environ.get("MODELSCOPE_CACHE"), os.path.expanduser("~/.cache/modelscope/hub")]
+    for hub in filter(None, ms_hubs):
+        for folder in (Path(hub) / "models" / org / name, Path(hub) / org / name):
+            if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+                return folder.resolve(), f"ModelScope cache {folder.resolve()}"
+    return None, None
+
+
+def prepare_model(suite: Suite, work_root: Path, env: dict[str, str], log) -> tuple[Path, dict[str, Any]]:
+    spec = suite.model
+    if spec.path:
+        found, source = find_local_model(spec.path)
+        if found is not None:
+            return found, {"requested": spec.path, "used": str(found), "source": source, "random_weights": False}
+        if spec.build_shape is None:
+            raise SuiteError(f"{suite.path}: model.path {spec.path!r} is not available offline (no folder, no "
+                             "HuggingFace/ModelScope cache entry) and no build_shape is given")
+    folder = work_root / "models" / f"{spec.build_shape}-seed{spec.seed}"
+    if not (folder / BUILT_MARKER).is_file():
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [sys.executable, "-m", "sftpack", "tiny-model", str(tmp), "--shape", spec.build_shape,
+               "--seed", str(spec.seed)]
+        _setup_step(cmd, work_root, env, log, f"building the {spec.build_shape} model")
+        (tmp / BUILT_MARKER).write_text(" ".join(cmd) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    note = (f"random weights of shape {spec.build_shape} built offline by `sftpack tiny-model --shape "
+            f"{spec.build_shape} --seed {spec.seed}`")
+    if spec.path:
+        note += f" because {spec.path!r} is not available offline; time and memory per token match the real model"
+    return folder.resolve(), {"requested": spec.path, "used": str(folder.resolve()), "source": note,
+                              "random_weights": True, "shape": spec.build_shape, "seed": spec.seed}
+
+
+def _setup_step(cmd: list[str], cwd: Path, env: dict[str, str], log, what: str) -> None:
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    done = subprocess.run(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SftpackError(f"{what} failed (exit {done.returncode}); see {log.name}")
+
+
+def prepare_dataset(suite: Suite, work: Path, env: dict[str, str], log) -> dict[str, Any]:
+    source = suite.dataset.resolved_source()
+    cmd = [sys.executable, "-m", "sftpack", "prepare", suite.dataset.family, "--source", source,
+           "--out", str(work / "dataset_info"), "--quiet"]
+    _setup_step(cmd, work, env, log, f"preparing dataset {suite.dataset.family} from {source}")
+    return {"family": suite.dataset.family, "source": suite.dataset.source, "resolved_source": source,
+            "dataset_info": str(work / "dataset_info" / "dataset_info.json")}
+
+
+def capture_environment(env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "sftpack.bench.environment"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    if done.returncode != 0:
+        raise SftpackError(f"environment capture failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+# -- one run --------------------------------------------------------------------------------------------------
+@dataclass
+class Session:
+    suite: Suite
+    session_id: str
+    results_dir: Path      # <results>/<suite>/<session>
+    work: Path             # the frameworks' current directory (holds dataset_info/)
+    model: Path
+    model_info: dict
+    dataset_info: dict
+    environment: dict
+    verdicts: dict         # group -> fairness.PairVerdict
+    nvml: Nvml | None = None
+    keep_outputs: bool = False
+    echo: bool = False
+    base_env: dict = field(default_factory=lambda: dict(os.environ))
+
+
+def harness_overrides(run: RunSpec, model: Path, output_dir: Path) -> dict[str, Any]:
+    """The keys the harness owns (suite.HARNESS_KEYS)."""
+    if run.framework == "llamafactory":
+        return {"model_name_or_path": model, "output_dir": output_dir,
+                "include_num_input_tokens_seen": "non_padding"}
+    # Swift parses include_num_input_tokens_seen as a bool: true = all tokens (see logs.py).
+    return {"model": model, "output_dir": output_dir, "include_num_input_tokens_seen": True,
+            "external_plugins": [fw.SWIFT_PLUGIN], "add_version": False}
+
+
+def command(session: Session, run: RunSpec, output_dir: Path) -> tuple[list[str], dict[str, Any]]:
+    overrides = {**session.suite.overrides(run), **harness_overrides(run, session.model, output_dir)}
+    build = fw.lf_train_cmd if run.framework == "llamafactory" else fw.swift_sft_cmd
+    return build(run.config_path, overrides), overrides
+
+
+def run_env(session: Session, run: RunSpec, cache: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(full environment, the part the harness/suite set on top of the caller's)."""
+    gpus = session.suite.gpus(run)
+    extra: dict[str, str] = {}
+    if gpus == 0:
+        extra["CUDA_VISIBLE_DEVICES"] = ""   # a CPU run stays on the CPU even on a GPU machine
+    else:
+        visible = session.base_env.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
+        extra["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:gpus])
+        extra["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    if gpus > 1:
+        extra.update(NPROC_PER_NODE=str(gpus), MASTER_PORT=str(_free_port()))
+        if run.framework == "llamafactory":
+            extra["FORCE_TORCHRUN"] = "1"
+    if run.framework == "llamafactory":
+        extra["RECORD_VRAM"] = "1"
+    extra.update(session.suite.env(run))
+    env = fw.offline_env(cache, base=session.base_env)
+    env.update(extra)
+    return env, extra
+
+
+def skip_reason(suite: Suite, environment: dict[str, Any], run: RunSpec) -> str | None:
+    """Why `run` cannot run on this machine (too few GPUs, a required module missing), or None."""
+    reasons = []
+    gpus = suite.gpus(run)
+    gpu = environment.get("gpu") or {}
+    have = gpu.get("device_count") or 0
+    if gpus > have:
+        reasons.append(f"needs {gpus} GPU(s); this machine has {have} visible to torch "
+                       f"(torch {gpu.get('torch_version')}, CUDA build {gpu.get('cuda')})")
+    missing = [name for name in suite.requires(run) if importlib.util.find_spec(name) is None]
+    if missing:
+        reasons.append(f"Python module(s) {missing} not importable in {sys.executable}'s environment")
+    return "; ".join(reasons) or None
+
+
+def _status(measured: Measured, stdout: str, timeout_s: float) -> tuple[str, str | None]:
+    if measured.timed_out:
+        return "timeout", f"killed after the run's timeout of {timeout_s:g} s"
+    if measured.exit_code == 0:
+        return "ok", None
+    if logs.looks_like_oom(stdout):
+        return "oom", f"exit {measured.exit_code}: the log reports a CUDA out-of-memory error"
+    if measured.signal_name == "SIGKILL":
+        return "killed", "killed by SIGKILL from outside the harness (often the kernel's OOM killer: host RAM)"
+    if measured.signal_name:
+        return "killed", f"killed by {measured.signal_name}"
+    return "failed", f"exit {measured.exit_code}"
+
+
+def execute(session: Session, run: RunSpec, repeat: int, run_dir: Path, sample: bool = True) -> RunResult:
+    """Run one repeat of `run`, write `run_dir/result.json` and the raw logs; return the result."""
+    suite = session.suite
+    verdict = session.verdicts.get(run.group)
+    result = RunResult(suite=suite.name, session=session.session_id, run=run.name, repeat=repeat,
+                       framework=run.framework, group=run.group, status="skipped", config=_rel(run.config_path),
+                       gpus=suite.gpus(run), started_at_utc=_utc_now(), model=session.model_info,
+                       dataset=session.dataset_info, environment=session.environment,
+                       comparable=verdict.comparable if verdict else None,
+                       fairness_differences=verdict.differences if verdict else {},
+                       speed_options=fairness.speed_options(suite, run))
+    run_dir.mkdir(parents=True, exist_ok=False)
+    scratch = session.work / run_dir.name
+    output_dir, cache = scratch / "output", scratch / "cache"
+    reason = skip_reason(suite, session.environment, run)
+    try:
+        cmd, overrides = command(session, run, output_dir)
+    except SftpackError as err:  # the framework's CLI is not installed here
+        cmd, overrides = [], {}
+        reason = "; ".join(filter(None, [reason, str(err)]))
+    env, extra_env = run_env(session, run, cache)
+    result.command, result.cwd, result.env_overrides = [str(c) for c in cmd], str(session.work), extra_env
+    result.overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
+    if reason:
+        result.status_detail = reason
+        write_json(run_dir / "result.json", result.to_dict())
+        return result
+    timeout_s = suite.timeout_s(run)
+    nvml = session.nvml if suite.gpus(run) > 0 else None
+    try:
+        measured = run_measured(cmd, session.work, env, run_dir / "stdout.log", timeout_s,
+                                interval_s=suite.sample_interval_s, sample=sample, nvml=nvml, echo=session.echo)
+    except KeyboardInterrupt:
+        result.status, result.status_detail = "interrupted", "interrupted (Ctrl-C); the run was killed"
+        result.log_tail = _tail(run_dir / "stdout.log")
+        write_json(run_dir / "result.json", result.to_dict())
+        raise
+    parse_started = time.perf_counter()
+    stdout = (run_dir / "stdout.log").read_text(encoding="utf-8", errors="replace")
+    normalised = fairness.normalised(suite, run)
+    world = max(suite.gpus(run), 1)
+    per_step = (normalised["per_device_train_batch_size"] * normalised["gradient_accumulation_steps"] * world
+                if normalised["gradient_accumulation_steps"] is not None else None)
+    on_gpu = suite.gpus(run) > 0
+    if run.framework == "llamafactory":
+        log = logs.parse_lf(output_dir, stdout, on_gpu)
+    else:
+        padding_free = bool(result.speed_options.get("packing") or overrides.get("padding_free"))
+        log = logs.parse_swift(output_dir, stdout, on_gpu, per_step, padding_free)
+    for name in logs.RAW_LOGS[run.framework]:
+        if (output_dir / name).is_file():
+            shutil.copy2(output_dir / name, run_dir / name)
+    parse_s = time.perf_counter() - parse_started
+
+    result.status, result.status_detail = _status(measured, stdout, timeout_s)
+    result.exit_code = measured.exit_code
+    result.wall_s = measured.wall_s
+    result.cpu_user_s, result.cpu_system_s = measured.cpu_user_s, measured.cpu_system_s
+    result.load_avg_1m_before, result.load_avg_1m_after = measured.load_avg_1m_before, measured.load_avg_1m_after
+    result.train_runtime_s = log.train_runtime_s
+    sampler = measured.sampler
+    result.memory = Memory(
+        peak_rss_largest_process_mib=measured.peak_rss_largest_process_mib,
+        peak_pss_tree_mib=sampler.get("peak_pss_tree_mib"),
+        peak_rss_sum_tree_mib=sampler.get("peak_rss_sum_tree_mib"),
+        max_tree_processes=sampler.get("max_tree_processes"),
+        peak_gpu_tree_nvml_mib=sampler.get("peak_gpu_tree_nvml_mib"),
+        peak_gpu_device_used_nvml_mib=sampler.get("peak_gpu_device_used_nvml_mib"),
+        gpu_device_used_baseline_nvml_mib=sampler.get("gpu_device_used_baseline_nvml_mib"),
+        peak_gpu_torch_reserved_mib=log.torch_peak_reserved_mib,
+        peak_gpu_torch_allocated_mib=log.torch_peak_allocated_mib)
+    runtime = log.train_runtime_s
+    result.throughput = Throughput(
+        steps=log.steps, max_steps=log.max_steps,
+        samples_seen=per_step * log.steps if per_step and log.steps else None,
+        samples_per_s=log.samples_per_s, tokens_seen=log.tokens_seen, tokens_counted=log.tokens_counted,
+        tokens_per_s=log.tokens_seen / runtime if log.tokens_seen and runtime else None,
+        non_padding_tokens=log.non_padding_tokens,
+        non_padding_tokens_per_s=log.non_padding_tokens / runtime if log.non_padding_tokens and runtime else None,
+        non_padding_tokens_source=log.non_padding_tokens_source)
+    result.final_loss, result.train_loss_mean, result.loss_curve = log.final_loss, log.train_loss_mean, log.loss_curve
+    result.trainable_params, result.total_params = log.trainable_params, log.total_params
+    result.trainable_percent, result.params_source = log.trainable_percent, log.params_source
+    result.warnings = list(log.warnings) + ([f"the sampler hit {sampler['errors']} NVML errors"]
+                                            if sampler.get("errors") else [])
+    result.harness = {"sampled": sample, "sample_interval_s": suite.sample_interval_s,
+                      "samples": sampler.get("samples"), "pss_samples": sampler.get("pss_samples"),
+                      "pss_budget_of_one_core": sampler.get("pss_budget_of_one_core"),
+                      "sampler_cpu_s": sampler.get("cpu_s"),
+                      "parse_s": parse_s, "harness_process_peak_rss_mib": harness_rss_mib(),
+                      "timeout_s": timeout_s}
+    if result.status != "ok":
+        result.log_tail = _tail(run_dir / "stdout.log")
+    if measured.timeline:
+        _write_timeline(run_dir / "memory_timeline.csv", measured.timeline)
+    write_json(run_dir / "result.json", result.to_dict())
+    if not session.keep_outputs:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def _write_timeline(path: Path, timeline: list) -> None:
+    def mib(value):
+        return "" if value is None else f"{value / 1024 ** 2:.1f}"
+
+    rows = ["t_s,pss_tree_mib,rss_sum_tree_mib,processes,gpu_tree_nvml_mib,gpu_device_used_nvml_mib"]
+    rows += [f"{t:.3f},{mib(pss)},{mib(rss)},{n},{mib(gt)},{mib(gd)}" for t, pss, rss, n, gt, gd in timeline]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+# -- overhead --------------------------------------------------------------------------------------------------
+def measure_overhead(session: Session, run: RunSpec, repeats: int, out: Path) -> dict[str, Any]:
+    """The same command bare (no sampler, no parsing) and under the harness, alternately (B,H then H,B...)."""
+    bare: list[Measured] = []
+    harnessed: list[RunResult] = []
+    for i in range(1, repeats + 1):
+        for mode in (("bare", "harness") if i % 2 else ("harness", "bare")):
+            print(f"  overhead {mode} r{i}: {run.name}", flush=True)
+            if mode == "harness":
+                harnessed.append(execute(session, run, i, out / f"harness-r{i}"))
+                continue
+            run_dir = out / f"bare-r{i}"
+            scratch = session.work / f"overhead-bare-r{i}"
+            cmd, _ = command(session, run, scratch / "output")
+            env, _ = run_env(session, run, scratch / "cache")
+            bare.append(run_measured(cmd, session.work, env, run_dir / "stdout.log", session.suite.timeout_s(run),
+                                     sample=False))
+            shutil.rmtree(scratch, ignore_errors=True)
+    pairs = [(b, h) for b, h in zip(bare, harnessed) if b.exit_code == 0 and h.status == "ok"]
+    if not pairs:
+        return {"run": run.name, "repeats": repeats, "error": "a bare or harnessed run failed; see the run folders"}
+    b_wall, h_wall = [b.wall_s for b, _ in pairs], [h.wall_s for _, h in pairs]
+    pair_pct = [(h - b) / b * 100 for b, h in zip(b_wall, h_wall)]
+    b_rss = [b.peak_rss_largest_process_mib for b, _ in pairs]
+    h_rss = [h.memory.peak_rss_largest_process_mib for _, h in pairs]
+    b_cpu = [(b.cpu_user_s or 0) + (b.cpu_system_s or 0) for b, _ in pairs]
+    h_cpu = [(h.cpu_user_s or 0) + (h.cpu_system_s or 0) for _, h in pairs]
+    sampler_cpu = [h.harness["sampler_cpu_s"] / h.wall_s for _, h in pairs]
+    wall_pct = statistics.median(pair_pct)
+    harness_rss = harness_rss_mib()
+    child_delta = statistics.median(h - b for b, h in zip(b_rss, h_rss))
+    return {
+        "run": run.name, "repeats": repeats, "pairs_ok": len(pairs),
+        "order": "pairs run back to back, alternating which goes first: (bare, harness), (harness, bare), ...",
+        "bare_wall_s": b_wall, "harness_wall_s": h_wall, "pair_wall_overhead_pct": pair_pct,
+        "wall_overhead_pct": wall_pct,
+        "bare_wall_spread_pct": (max(b_wall) - min(b_wall)) / statistics.median(b_wall) * 100,
+        "sampler_cpu_pct_of_wall": statistics.median(sampler_cpu) * 100,
+        "parse_s": statistics.median(h.harness["parse_s"] for _, h in pairs),
+        "bare_peak_rss_largest_process_mib": b_rss, "harness_peak_rss_largest_process_mib": h_rss,
+        "child_peak_rss_delta_mib": child_delta,
+        "bare_child_cpu_s": b_cpu, "harness_child_cpu_s": h_cpu,
+        "child_cpu_overhead_pct": statistics.median((h - b) / b * 100 for b, h in zip(b_cpu, h_cpu)),
+        "load_avg_1m_before_runs": [x for b, h in pairs for x in (b.load_avg_1m_before, h.load_avg_1m_before)],
+        "harness_process_peak_rss_mib": harness_rss,
+        "targets": OVERHEAD_TARGETS,
+        "within_target_wall": wall_pct < OVERHEAD_TARGETS["wall_pct"],
+        "within_target_memory": harness_rss < OVERHEAD_TARGETS["memory_mib"]
+                                and abs(child_delta) < OVERHEAD_TARGETS["memory_mib"],
+        "note": "wall_overhead_pct is the median over pairs of (harness - bare) / bare; each pair runs back to "
+                "back, so slow drifts in machine load cancel, but run-to-run noise remains (bare_wall_spread_pct, "
+                "load_avg_1m_before_runs); sampler_cpu_pct_of_wall is the sampler thread's own CPU time (noise-free); "
+                "harness_process_peak_rss_mib is the whole harness process (interpreter included), a separate "
+                "process from the training, which is why the child's peak RSS barely moves.",
+    }
+
+
+# -- a suite -------------------------------------------------------------------------------------------------
+def new_session_dir(suite_dir: Path) -> tuple[str, Path]:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    session_id, n = stamp, 1
+    while (suite_dir / session_id).exists():
+        n += 1
+        session_id = f"{stamp}-{n}"
+    (suite_dir / session_id).mkdir(parents=True)
+    return session_id, suite_dir / session_id
+
+
+def run_suite(suite_path: Path, results_root: Path = DEFAULT_RESULTS, work_root: Path = DEFAULT_WORK,
+              repeats: int | None = None, only: list[str] | None = None, overhead_repeats: int | None = None,
+              keep_outputs: bool = False, echo: bool = False) -> tuple[Path, list[RunResult]]:
+    """Run a suite; return (session results folder, results). Raises SuiteError before running an unfair pair."""
+    suite = load_suite(suite_path)
+    runs = suite.runs
+    if only:
+        unknown = sorted(set(only) - {r.name for r in runs})
+        if unknown:
+            raise SuiteError(f"--only: {unknown} not in {suite.path}. Runs: {[r.name for r in runs]}")
+        runs = [r for r in runs if r.name in only]
+    verdicts = {v.group: v for v in fairness.check_suite(suite)}
+    unfair = [v for v in verdicts.values() if not v.comparable]
+    if unfair and suite.fairness == "refuse":
+        raise SuiteError(f"{suite.path}: refusing to run unfair comparison pair(s) (set `fairness: mark` to run "
+                         "them flagged as not comparable):\n  " + "\n  ".join(v.describe() for v in unfair))
+    results_root, work_root = Path(results_root).resolve(), Path(work_root).resolve()
+    session_id, session_dir = new_session_dir(results_root / suite.name)
+    work = work_root / suite.name / session_id
+    work.mkdir(parents=True)
+    setup_env = fw.offline_env(work / "setup-cache")
+    print(f"sftpack bench: suite {suite.name} -> {session_dir}\n  work folder (frameworks' cwd): {work}", flush=True)
+    started, t0 = _utc_now(), time.monotonic()
+    plan = [(run, r) for r in range(1, max((repeats or suite.repeats(run)) for run in runs) + 1)
+            for run in runs if r <= (repeats or suite.repeats(run))]
+    with (session_dir / "setup.log").open("w", encoding="utf-8") as setup_log:
+        environment = capture_environment(setup_env)
+        runnable = [run.name for run, _ in plan if skip_reason(suite, environment, run) is None]
+        n_overhead = (suite.overhead.repeats if suite.overhead and overhead_repeats is None
+                      else (overhead_repeats or 0))
+        overhead_run = suite.run(suite.overhead.run if suite.overhead else runs[0].name)
+        overhead_skip = skip_reason(suite, environment, overhead_run) if n_overhead else None
+        if runnable or (n_overhead and overhead_skip is None):
+            model, model_info = prepare_model(suite, work_root, setup_env, setup_log)
+            dataset_info = prepare_dataset(suite, work, setup_env, setup_log)
+        else:  # every run will be recorded as skipped: building a 1.5B model for nothing helps no one
+            model, model_info = Path("not-prepared"), {"requested": suite.model.path, "used": None,
+                                                       "source": "not prepared: every run is skipped here"}
+            dataset_info = {"family": suite.dataset.family, "source": suite.dataset.source, "prepared": False}
+    nvml = None
+    if (environment.get("gpu") or {}).get("device_count"):
+        nvml, why = Nvml.open()
+        if nvml is None:
+            print(f"  NVML not used: {why}", flush=True)
+    session = Session(suite, session_id, session_dir, work, model, model_info, dataset_info, environment,
+                      verdicts, nvml=nvml, keep_outputs=keep_outputs, echo=echo)
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "suite": suite.name, "suite_file": _rel(suite.path),
+        "suite_text": suite.path.read_text(encoding="utf-8"), "session": session_id, "started_at_utc": started,
+        "finished_at_utc": None, "argv": sys.argv, "setup_s": time.monotonic() - t0, "model": model_info,
+        "dataset": dataset_info, "environment": environment,
+        "fairness": [v.as_dict() for v in verdicts.values()], "fairness_mode": suite.fairness,
+        "runs": [], "overhead": None,
+    }
+    write_json(session_dir / "session.json", record)
+    for verdict in verdicts.values():
+        print(f"  fairness {verdict.describe()}", flush=True)
+    cores = (environment.get("cpu") or {}).get("usable_cores") or os.cpu_count() or 1
+    if os.getloadavg()[0] > 0.5 * cores:
+        print(f"  WARNING: load average {os.getloadavg()[0]:.2f} on {cores} cores before the first run: other work "
+              "is running; wall and CPU times will be inflated (each result records the load)", flush=True)
+
+    results: list[RunResult] = []
+    for index, (run, repeat) in enumerate(plan, 1):
+        run_dir = session_dir / f"{run.name}-r{repeat}"
+        result = execute(session, run, repeat, run_dir)
+        results.append(result)
+        record["runs"].append({"run": run.name, "repeat": repeat, "dir": run_dir.name, "status": result.status})
+        write_json(session_dir / "session.json", record)
+        print(f"[{index}/{len(plan)}] {_one_line(result)}", flush=True)
+
+    if n_overhead and overhead_skip:
+        record["overhead"] = {"run": overhead_run.name, "repeats": n_overhead,
+                              "error": f"not measured: {overhead_skip}"}
+    elif n_overhead:
+        print(f"measuring harness overhead on {overhead_run.name} ({n_overhead} bare + {n_overhead} harnessed "
+              "runs)", flush=True)
+        record["overhead"] = measure_overhead(session, overhead_run, n_overhead, session_dir / "overhead")
+        print(f"  {describe_overhead(record['overhead'])}", flush=True)
+    record["finished_at_utc"] = _utc_now()
+    record["harness_process_peak_rss_mib"] = harness_rss_mib()
+    write_json(session_dir / "session.json", record)
+    if nvml is not None:
+        nvml.close()
+    return session_dir, results
+
+
+def _one_line(result: RunResult) -> str:
+    head = f"{result.run} r{result.repeat} ({result.framework}): {result.status}"
+    if result.status == "skipped":
+        return f"{head}: {result.status_detail}"
+    if result.status != "ok":
+        return f"{head}: {result.status_detail}; log tail in result.json"
+
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else "?"
+
+    m, t = result.memory, result.throughput
+    return (f"{head}  wall {fmt(result.wall_s, '.1f')} s, train {fmt(result.train_runtime_s, '.2f')} s, "
+            f"peak RSS {fmt(m.peak_rss_largest_process_mib, '.0f')} MiB, PSS tree {fmt(m.peak_pss_tree_mib, '.0f')} "
+            f"MiB, {fmt(t.non_padding_tokens_per_s, ',.0f')} tokens/s, loss {fmt(result.final_loss, '.3f')}")
+
+
+def describe_overhead(overhead: dict[str, Any]) -> str:
+    if "error" in overhead:
+        return f"overhead: {overhead['error']}"
+    return (f"harness overhead on {overhead['run']}: wall {overhead['wall_overhead_pct']:+.2f} % (pairs: "
+            f"{', '.join(f'{x:+.2f}' for x in overhead['pair_wall_overhead_pct'])} %) "
+            f"(run-to-run spread bare {overhead['bare_wall_spread_pct']:.1f} %), sampler CPU "
+            f"{overhead['sampler_cpu_pct_of_wall']:.2f} % of wall, parse {overhead['parse_s'] * 1000:.0f} ms, "
+            f"harness process peak RSS {overhead['harness_process_peak_rss_mib']:.0f} MiB, child peak RSS delta "
+            f"{overhead['child_peak_rss_delta_mib']:+.1f} MiB")

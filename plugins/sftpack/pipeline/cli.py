@@ -1,0 +1,60 @@
+"""`sftpack run PIPELINE.yaml [--out DIR] [--force STAGE]`: data -> both frameworks -> eval -> report.
+
+    sftpack run benchmarks/pipelines/tiny_cpu.yaml                   # the embedded default, CPU, offline
+    sftpack run benchmarks/pipelines/qwen2.5_1.5b_gpu.yaml --out runs/qwen
+    sftpack run benchmarks/pipelines/tiny_cpu.yaml --force train_swift   # redo one stage (and those after it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from sftpack import frameworks as fw
+
+DEFAULT_PIPELINE = fw.REPO_ROOT / "benchmarks" / "pipelines" / "tiny_cpu.yaml"
+
+
+def default_out(pipeline_name: str) -> Path:
+    return fw.REPO_ROOT / "runs" / "pipelines" / pipeline_name
+
+
+def run_pipeline(path: Path, out: Path | None = None, force: list[str] | None = None) -> dict:
+    from sftpack.pipeline.schema import load_pipeline
+    from sftpack.pipeline.stages import run_stages
+    from sftpack.pipeline.steps import check_gpu, stages
+
+    pipeline = load_pipeline(path)
+    check_gpu(pipeline)
+    out = (out or default_out(pipeline.name)).resolve()
+    print(f"sftpack run: {pipeline.path} -> {out}", flush=True)
+    started = time.monotonic()
+    records = run_stages(stages(pipeline), out, force)
+    print(f"\nsftpack run: finished in {time.monotonic() - started:.1f} s; report: {out / 'report' / 'report.md'}",
+          flush=True)
+    return records
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    run_pipeline(Path(args.pipeline), Path(args.out) if args.out else None, args.force)
+    return 0
+
+
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("pipeline", nargs="?", default=str(DEFAULT_PIPELINE),
+                        help=f"pipeline YAML (default: the embedded CPU default {DEFAULT_PIPELINE.relative_to(fw.REPO_ROOT)})")
+    parser.add_argument("--out", help="output folder (default: runs/pipelines/<pipeline name> under the repo root)")
+    parser.add_argument("--force", action="append", metavar="STAGE",
+                        help="redo STAGE (model, data, train_llamafactory, train_swift, eval, report) and the stages "
+                             "after it; repeatable")
+    parser.set_defaults(func=_cmd_run)
+    return parser
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `run` to the `sftpack` CLI's subparsers."""
+    parser = subparsers.add_parser("run", help="run a pipeline: prepare, train with both frameworks, eval, report",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return configure(parser)
+

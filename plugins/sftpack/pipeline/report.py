@@ -1,0 +1,226 @@
+"""The report folder of a pipeline run, rebuilt from the stage outputs only (never from hand-typed numbers).
+
+    <out>/report/report.md        what ran, versions, eval table (base vs each framework, format rate
+                                  included), time/memory table, trainable-parameter ratio
+    <out>/report/summary.json     the same numbers, machine-readable (schema_version 1)
+    <out>/report/loss.png         both frameworks' loss curves on one chart
+    <out>/report/eval.png         eval bars per model
+    <out>/report/time_memory.png  time and memory bars per framework
+
+`sftpack run PIPELINE.yaml --force report` rebuilds it from the stored outputs without re-running anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from sftpack.pipeline.schema import Pipeline
+from sftpack.pipeline.stages import DONE, Context
+
+SCHEMA_VERSION = 1
+EVAL_METRICS = ("exact_match", "format_rate")
+TIME_MEMORY = [  # (summary key, column title, digits)
+    ("wall_s", "wall s (process)", 1), ("train_runtime_s", "training loop s", 1),
+    ("peak_rss_largest_process_mib", "peak RSS MiB (largest process)", 0),
+    ("peak_pss_tree_mib", "peak PSS MiB (process tree)", 0),
+    ("peak_gpu_torch_reserved_mib", "peak GPU MiB (torch reserved)", 0),
+    ("tokens_per_s", "tokens/s", 0), ("samples_per_s", "samples/s", 2), ("steps", "steps", 0),
+    ("load_avg_1m_before", "load avg 1 min before", 2),
+]
+
+
+def _num(value: Any, digits: int) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+def environment() -> dict[str, Any] | None:
+    done = subprocess.run([sys.executable, "-m", "sftpack.bench.environment"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def eval_values(eval_report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """{label: {"task filter metric": value}} for the metrics the report shows."""
+    values: dict[str, dict[str, float | None]] = {m["label"]: {} for m in eval_report["models"]}
+    for row in eval_report["rows"]:
+        if row["metric"] not in EVAL_METRICS:
+            continue
+        key = f"{row['task']} {row['filter']} {row['metric']}"
+        for label, cell in row["values"].items():
+            values[label][key] = cell["value"]
+    return values
+
+
+def build_summary(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
+    out = ctx.out
+    stages = {}
+    for name in ["model", "data"] + [t.stage for t in pipeline.train] + ["eval"]:
+        marker = out / name / DONE
+        if marker.is_file():
+            record = json.loads(marker.read_text(encoding="utf-8"))
+            stages[record["stage"]] = {"elapsed_s": record["elapsed_s"], "finished_utc": record["finished_utc"]}
+    train = {t.framework: json.loads(Path(ctx.outputs[t.stage]["metrics"]).read_text(encoding="utf-8"))
+             for t in pipeline.train}
+    eval_report = json.loads(Path(ctx.outputs["eval"]["eval_json"]).read_text(encoding="utf-8"))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "pipeline": {"name": pipeline.name, "path": pipeline.path, "description": pipeline.description},
+        "out": str(out),
+        "model": ctx.outputs["model"], "data": ctx.outputs["data"],
+        "train": train,
+        "eval": {"settings": eval_report["settings"], "base_label": eval_report["base_label"],
+                 "values": eval_values(eval_report), "eval_json": ctx.outputs["eval"]["eval_json"]},
+        "stages": stages,
+        "stages_wall_s": round(sum(s["elapsed_s"] for s in stages.values()), 1),
+        "environment": environment(),
+    }
+
+
+# -- plots ------------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(summary: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for framework, metrics in summary["train"].items():
+        steps, losses = zip(*metrics["loss_curve"])
+        ax.plot(steps, losses, marker=".", label=f"{framework} (final {metrics['final_loss']:.3f})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{summary['pipeline']['name']}: training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_eval(summary: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    values = summary["eval"]["values"]
+    labels = list(values)
+    keys = sorted({k for v in values.values() for k in v})
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(keys)), 4))
+    width = 0.8 / max(len(labels), 1)
+    for i, label in enumerate(labels):
+        ys = [values[label].get(k) or 0.0 for k in keys]
+        bars = ax.bar([x + i * width for x in range(len(keys))], ys, width, label=label)
+        ax.bar_label(bars, labels=[_num(values[label].get(k), 2) for k in keys], fontsize=7)
+    ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(keys))])
+    ax.set_xticklabels([k.replace(" ", "\n") for k in keys], fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"eval (limit {summary['eval']['settings']['limit']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_time_memory(summary: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    frameworks = list(summary["train"])
+    panels = [("wall_s", "wall s (process)"), ("train_runtime_s", "training loop s"),
+              ("peak_rss_largest_process_mib", "peak RSS MiB"), ("peak_pss_tree_mib", "peak PSS MiB (tree)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    for ax, (key, title) in zip(axes, panels):
+        ys = [summary["train"][f].get(key) or 0.0 for f in frameworks]
+        bars = ax.bar(frameworks, ys, color=["tab:blue", "tab:orange"][:len(frameworks)])
+        ax.bar_label(bars, labels=[_num(summary["train"][f].get(key), 0) for f in frameworks], fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle("time and memory of training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- markdown ---------------------------------------------------------------------------------------------
+def render_markdown(summary: dict[str, Any]) -> str:
+    model, data, env = summary["model"], summary["data"], summary.get("environment") or {}
+    lines = [f"# sftpack run: {summary['pipeline']['name']}", ""]
+    if summary["pipeline"]["description"]:
+        lines += [summary["pipeline"]["description"].strip(), ""]
+    if model["random_weights"]:
+        lines += [f"> **Random weights.** The model was built offline with random weights ({model['source']}). "
+                  "Time and memory are those of its shape; accuracy numbers measure only what training on this "
+                  "data taught a random model" + (" and say nothing about the requested model."
+                                                  if model.get("requested") else "."), ""]
+    lines += ["## What ran", "", f"- pipeline: `{summary['pipeline']['path']}`",
+              f"- output folder: `{summary['out']}`",
+              f"- model: `{model['path']}` ({model['source']})",
+              f"- data: {data['family']} from `{data['resolved_source']}`: "
+              + ", ".join(f"{name} {s['rows']:,} rows" for name, s in data["splits"].items())
+              + (f" (**fallback**: {data['fallback_reason']})" if data.get("fallback_reason") else "")]
+    for framework, m in summary["train"].items():
+        command = " ".join([Path(m["command"][0]).name, *m["command"][1:]])
+        lines.append(f"- {framework}: `{command}` (log `{m['log']}`)")
+    settings = summary["eval"]["settings"]
+    lines += [(f"- eval: lm-eval `{', '.join(settings['tasks'])}`, limit {settings['limit']}, device "
+               f"{settings['device']}, batch {settings['batch_size']} (`{summary['eval']['eval_json']}`)"), "",
+              "| Stage | elapsed s |", "|---|---:|"]
+    lines += [f"| {name} | {s['elapsed_s']:.1f} |" for name, s in summary["stages"].items()]
+    lines += [f"| **all stages before the report** | **{summary['stages_wall_s']:.1f}** |", ""]
+    if env:
+        packages = env.get("packages", {})
+        git = env.get("git", {})
+        lines += ["## Versions", "", (f"Python {env.get('python')}, {env.get('platform')}; sftpack git "
+                                      f"{git.get('sha')}{' (dirty)' if git.get('dirty') else ''}"), "",
+                  ", ".join(f"{k} {v}" for k, v in packages.items() if v), ""]
+
+    values = summary["eval"]["values"]
+    labels = list(values)
+    base = summary["eval"]["base_label"]
+    header = ["task filter metric"] + labels + [f"Δ {lab}" for lab in labels if lab != base]
+    lines += ["## Eval: base vs each framework", "",
+              ("`format_rate` = share of generations in which the strict `#### N` answer is found "
+               "(`sftpack.answer.extract_answer`)."), "",
+              "| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for key in sorted({k for v in values.values() for k in v}):
+        cells = [key] + [_num(values[lab].get(key), 3) for lab in labels]
+        for lab in labels:
+            if lab != base:
+                b, v = values.get(base, {}).get(key), values[lab].get(key)
+                cells.append("—" if b is None or v is None else f"{v - b:+.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "![eval](eval.png)", "", "## Training: loss, time and memory", "",
+              "| framework | first loss | final loss | " + " | ".join(t for _, t, _ in TIME_MEMORY)
+              + " | trainable / total params | trainable % |",
+              "|---" + "|---:" * (4 + len(TIME_MEMORY)) + "|"]
+    for framework, m in summary["train"].items():
+        params = f"{_num(m['trainable_params'], 0)} / {_num(m['total_params'], 0)}"
+        lines.append(f"| {framework} | {m['first_loss']:.3f} | {m['final_loss']:.3f} | "
+                     + " | ".join(_num(m.get(k), d) for k, _, d in TIME_MEMORY)
+                     + f" | {params} | {_num(m['trainable_percent'], 2)} |")
+    lines += ["", "tokens/s: " + "; ".join(f"{f}: {m['tokens_counted']}" for f, m in summary["train"].items())
+              + " (LLaMA-Factory counts non-padding tokens, ms-swift padded ones unless packing). "
+              "Parameter counts: " + "; ".join(f"{f}: {m['params_source']}" for f, m in summary["train"].items()),
+              "", "![loss](loss.png)", "", "![time and memory](time_memory.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
+    folder = ctx.dir("report")
+    summary = build_summary(pipeline, ctx)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    plots = {"loss": folder / "loss.png", "eval": folder / "eval.png", "time_memory": folder / "time_memory.png"}
+    plot_loss(summary, plots["loss"])
+    plot_eval(summary, plots["eval"])
+    plot_time_memory(summary, plots["time_memory"])
+    (folder / "report.md").write_text(render_markdown(summary), encoding="utf-8")
+    print(f"report: {folder / 'report.md'}", flush=True)
+    return {"report_md": str(folder / "report.md"), "summary_json": str(folder / "summary.json"),
+            **{f"{k}_png": str(v) for k, v in plots.items()}}
