@@ -55,15 +55,40 @@ class Collector:
         raise NotImplementedError
 
 
-class HashCollector(Collector):
+class ArrayCollector(Collector):
+    """One number per row in an `array` of `typecode`; merged into one numpy array of `dtype`."""
+
+    typecode = "q"
+    dtype = np.int64
+
+    def __init__(self):
+        self.values = array(self.typecode)
+
+    def skip(self):
+        self.values.append(0)
+
+    def result(self):
+        return self.values
+
+    @classmethod
+    def merge(cls, results):
+        if not results:
+            return np.zeros(0, cls.dtype)
+        return np.concatenate([np.frombuffer(r, dtype=cls.dtype) for r in results])
+
+
+class HashCollector(ArrayCollector):
     """xxh3-64 of the normalised fields joined by U+001F. Two different keys share a hash with probability
     about n^2 / 2^65 (3e-8 for a million distinct rows)."""
+
+    typecode = "Q"
+    dtype = np.uint64
 
     def __init__(self, fields: list[str], ops: tuple[str, ...], tag_names: frozenset[str]):
         import xxhash
 
+        super().__init__()
         self.fields, self.ops, self.tag_names = fields, ops, tag_names
-        self.values = array("Q")
         self._hash = xxhash.xxh3_64_intdigest
         self._encode = textlib.key_encoder(ops)
 
@@ -82,46 +107,24 @@ class HashCollector(Collector):
             key = b"\x1f".join(encode(field_text(row, tags, f, tag_names)) for f in self.fields)
         self.values.append(self._hash(key))
 
-    def skip(self):
-        self.values.append(0)
 
-    def result(self):
-        return self.values
-
-    @staticmethod
-    def merge(results):
-        return np.concatenate([np.frombuffer(r, dtype=np.uint64) for r in results]) if results else \
-            np.zeros(0, np.uint64)
-
-
-class LengthCollector(Collector):
+class LengthCollector(ArrayCollector):
     """Characters in the fields (summed)."""
 
     def __init__(self, fields: list[str], tag_names: frozenset[str]):
+        super().__init__()
         self.fields, self.tag_names = fields, tag_names
-        self.values = array("q")
 
     def add(self, row, tags):
         self.values.append(sum(len(field_text(row, tags, f, self.tag_names)) for f in self.fields))
 
-    def skip(self):
-        self.values.append(0)
 
-    def result(self):
-        return self.values
-
-    @staticmethod
-    def merge(results):
-        return np.concatenate([np.frombuffer(r, dtype=np.int64) for r in results]) if results else \
-            np.zeros(0, np.int64)
-
-
-class TokenCollector(Collector):
+class TokenCollector(ArrayCollector):
     """Tokens in the fields (each field encoded alone, no special tokens, summed)."""
 
     def __init__(self, fields: list[str], tokenizer: str, tag_names: frozenset[str]):
+        super().__init__()
         self.fields, self.tokenizer_name, self.tag_names = fields, tokenizer, tag_names
-        self.values = array("q")
         self.pending: list[str] = []
 
     def key(self):
@@ -147,10 +150,6 @@ class TokenCollector(Collector):
     def result(self):
         self._flush()
         return self.values
-
-    @staticmethod
-    def merge(results):
-        return LengthCollector.merge(results)
 
 
 class MinHashCollector(Collector):
