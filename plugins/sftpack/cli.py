@@ -22,8 +22,10 @@ from sftpack.errors import SftpackError
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
     from sftpack import tiny_model
 
-    out = tiny_model.build(Path(args.out_dir), seed=args.seed, shape=args.shape)
-    print(f"tiny model ({args.shape}, seed {args.seed}) written to {out.resolve()}")
+    tokenizer = Path(args.tokenizer) if args.tokenizer else None
+    out = tiny_model.build(Path(args.out_dir), seed=args.seed, shape=args.shape, tokenizer=tokenizer)
+    source = f", tokenizer from {tokenizer.resolve()}" if tokenizer else ""
+    print(f"tiny model ({args.shape}, seed {args.seed}{source}) written to {out.resolve()}")
     return 0
 
 
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--shape", default="tiny", choices=["tiny", "small", "qwen2.5-1.5b"],
                       help="'tiny' (test fixture), 'small' (demo default, learns the GSM8K format on a CPU), "
                            "'qwen2.5-1.5b' = Qwen2.5-1.5B's exact shape, random weights (for time/memory)")
+    tiny.add_argument("--tokenizer", metavar="DIR",
+                      help="a tokenizer folder to use instead of the tiny GSM8K-trained one, e.g. the Qwen2.5 "
+                           "tokenizer built by benchmarks/gpu/prepare.py")
     tiny.set_defaults(func=_cmd_tiny_model)
 
     prep = sub.add_parser("prepare", help="convert a dataset into dataset_info/ (LLaMA-Factory + Swift)")

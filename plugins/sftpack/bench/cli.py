@@ -2,11 +2,14 @@
 
     sftpack bench benchmarks/suites/cpu_tiny.yaml                 run a suite (results: benchmarks/results/)
     sftpack bench benchmarks/suites/cpu_tiny.yaml --repeats 1 --only lf_lora,swift_lora
+    sftpack bench benchmarks/suites/gpu_quick.yaml --plan                 validate, print runs + planned time
+    sftpack bench benchmarks/suites/gpu_quick.yaml --deadline-s 420 --timeout-s 150
     sftpack bench report                                          rebuild report.md + PNGs for every suite
     sftpack bench report --suite cpu_tiny --readme benchmarks/README.md
 
 `sftpack bench SUITE --help` and `sftpack bench report --help` list the options. Wired into the main CLI with
-`add_parser(subparsers)`; the exit status is 1 when any run failed, timed out or was killed (all are recorded).
+`add_parser(subparsers)`; the exit status is 1 when any run failed, timed out or was killed, or when no run
+finished ok (every run skipped); all are recorded. Ctrl-C / SIGTERM: 130, the run in flight recorded.
 """
 
 from __future__ import annotations
@@ -35,7 +38,29 @@ def build_run_parser(prog: str = "sftpack bench") -> argparse.ArgumentParser:
                         help="bare/harnessed pairs for the overhead measurement; 0 = skip (default: the suite's)")
     parser.add_argument("--keep-outputs", action="store_true", help="keep checkpoints (default: deleted)")
     parser.add_argument("--echo", action="store_true", help="stream the frameworks' output to the terminal")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a suite value before validation (VALUE is YAML), e.g. --set defaults.gpus=0 "
+                             "--set model.build_shape=tiny --set defaults.llamafactory.max_steps=2; repeatable")
+    parser.add_argument("--timeout-s", type=_positive, help="every run's timeout in seconds (default: the suite's)")
+    parser.add_argument("--deadline-s", type=_positive,
+                        help="seconds from now after which no run starts; the run in flight is stopped and recorded "
+                             "as 'deadline' (for machines lent for minutes)")
+    parser.add_argument("--skip-module", action="append", default=[], metavar="MODULE=REASON",
+                        help="a module that imports but cannot work here (e.g. liger_kernel='no CUDA'): runs that "
+                             "require it are recorded as skipped with the reason; repeatable")
+    parser.add_argument("--plan", action="store_true",
+                        help="validate the suite and print the runs with the time its time_model plans; run nothing")
     return parser
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
 
 
 def build_report_parser(prog: str = "sftpack bench") -> argparse.ArgumentParser:
@@ -55,20 +80,42 @@ def build_report_parser(prog: str = "sftpack bench") -> argparse.ArgumentParser:
     return parser
 
 
+def _plan(args: argparse.Namespace, only: list[str] | None) -> int:
+    from sftpack.bench import fairness
+    from sftpack.bench.plan import format_plan, plan_rows
+    from sftpack.bench.runner import run_plan, select_runs
+    from sftpack.bench.suite import load_suite
+
+    suite = load_suite(Path(args.suite), args.set)
+    runs = select_runs(suite, only)
+    suite.model.check_tokenizer()
+    for verdict in fairness.check_suite(suite):
+        print(f"fairness {verdict.describe()}")
+    print(format_plan(suite, plan_rows(suite, run_plan(suite, runs, args.repeats)), args.deadline_s))
+    return 0
+
+
 def _run(argv: list[str], prog: str) -> int:
     from sftpack.bench.report import format_table_text
-    from sftpack.bench.runner import run_suite
+    from sftpack.bench.runner import parse_skip_modules, run_suite
 
     args = build_run_parser(prog).parse_args(argv)
     only = [name.strip() for name in args.only.split(",")] if args.only else None
+    if args.plan:
+        return _plan(args, only)
     session_dir, results = run_suite(Path(args.suite), args.results, args.work, repeats=args.repeats, only=only,
                                      overhead_repeats=args.overhead_repeats, keep_outputs=args.keep_outputs,
-                                     echo=args.echo)
+                                     echo=args.echo, sets=args.set, timeout_s=args.timeout_s,
+                                     deadline_s=args.deadline_s, skip_modules=parse_skip_modules(args.skip_module))
     print(format_table_text(results))
     bad = [f"{r.run} r{r.repeat}: {r.status}" for r in results if r.status not in ("ok", "skipped")]
     print(f"results: {session_dir}\nreport:  {prog} report --results {args.results} --suite {session_dir.parent.name}")
     if bad:
         print(f"{len(bad)} run(s) did not finish ok (recorded): {', '.join(bad)}", file=sys.stderr)
+        return 1
+    if not any(r.status == "ok" for r in results):
+        print(f"no run finished ok: all {len(results)} were skipped (reasons recorded in each result.json)",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -48,6 +48,11 @@ class RunSummary:
                 if all(isinstance(p, (int, float)) for p in parts):
                     out.append(float(sum(parts)))
                 continue
+            if path == "utilisation.mfu_pct":   # stored as a share, shown in percent
+                mfu = (result.get("utilisation") or {}).get("mfu")
+                if isinstance(mfu, (int, float)):
+                    out.append(100.0 * mfu)
+                continue
             value: Any = result
             for key in path.split("."):
                 value = value.get(key) if isinstance(value, dict) else None
@@ -106,7 +111,7 @@ def _gpu(results: list[dict]) -> bool:
 def runs_table(summaries: list[RunSummary], gpu: bool) -> str:
     head = ["run", "framework", "group", "ok / runs", "wall s", "train s", "CPU s"]
     if gpu:
-        head += ["GPU NVML tree MiB", "GPU torch reserved MiB"]
+        head += ["GPU NVML tree MiB", "GPU torch reserved MiB", "GPU torch allocated MiB", "MFU %"]
     head += ["peak RSS largest proc MiB", "peak PSS tree MiB", "non-pad tokens/s", "samples/s", "final loss",
              "trainable / total params"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -118,7 +123,8 @@ def runs_table(summaries: list[RunSummary], gpu: bool) -> str:
         row = [s.run, SHORT[s.framework], s.group or "–", "skipped" if skipped else f"{len(s.ok)} / {len(s.results)}",
                _cell(s, "wall_s", 1), _cell(s, "train_runtime_s", 2), _cell(s, "cpu_s", 1)]
         if gpu:
-            row += [_cell(s, "memory.peak_gpu_tree_nvml_mib", 0), _cell(s, "memory.peak_gpu_torch_reserved_mib", 0)]
+            row += [_cell(s, "memory.peak_gpu_tree_nvml_mib", 0), _cell(s, "memory.peak_gpu_torch_reserved_mib", 0),
+                    _cell(s, "memory.peak_gpu_torch_allocated_mib", 0), _cell(s, "utilisation.mfu_pct", 1)]
         row += [_cell(s, "memory.peak_rss_largest_process_mib", 0), _cell(s, "memory.peak_pss_tree_mib", 0), tokens,
                 _cell(s, "throughput.samples_per_s", 1), _cell(s, "final_loss", 3), _params(s)]
         rows.append("| " + " | ".join(row) + " |")
@@ -131,7 +137,9 @@ RATIO_METRICS = [("wall time (s)", "wall_s", 1), ("training-only time (s)", "tra
                  ("peak PSS, process tree (MiB)", "memory.peak_pss_tree_mib", 0),
                  ("GPU NVML, process tree (MiB)", "memory.peak_gpu_tree_nvml_mib", 0),
                  ("GPU torch max reserved (MiB)", "memory.peak_gpu_torch_reserved_mib", 0),
-                 ("non-padding tokens/s", "throughput.non_padding_tokens_per_s", 0)]
+                 ("GPU torch max allocated (MiB)", "memory.peak_gpu_torch_allocated_mib", 0),
+                 ("non-padding tokens/s", "throughput.non_padding_tokens_per_s", 0),
+                 ("MFU (%)", "utilisation.mfu_pct", 1)]
 
 
 def ratio_table(summaries: list[RunSummary], fairness: list[dict]) -> str:
@@ -207,8 +215,16 @@ def notes(results: list[dict]) -> list[str]:
             "*peak PSS tree*: sampled sum of PSS over the process tree (Swift's CLI launches its trainer as a "
             "child process, so its tree holds two Python processes).")]
     if _gpu(results):
-        out.append("*GPU NVML tree*: NVML per-process memory of the run's processes (CUDA context and allocator "
-                   "cache included); *GPU torch reserved*: the framework's own torch max-reserved figure.")
+        out.append("*GPU NVML tree*: NVML per-process memory of the run's processes, sampled from outside (CUDA "
+                   "context and allocator cache included); *GPU torch reserved / allocated*: the framework's own "
+                   "torch max counters inside training (LLaMA-Factory RECORD_VRAM=1 logs both; Swift logs reserved "
+                   "only), 0.01 GiB resolution.")
+        formula = next(((r.get("utilisation") or {}).get("formula") for r in results
+                        if (r.get("utilisation") or {}).get("formula")), None)
+        peaks = sorted({(r.get("utilisation") or {}).get("peak_source") for r in results
+                        if (r.get("utilisation") or {}).get("peak_source")})
+        if formula:
+            out.append(f"*MFU*: {formula}. Peak: {'; '.join(peaks) or 'unknown'}.")
     if any(str(r["throughput"].get("non_padding_tokens_source") or "").startswith("ESTIMATE") for r in results):
         out.append("*non-pad tokens/s*: LLaMA-Factory counts non-padding tokens exactly; ms-swift logs only padded "
                    "counts, so its figure (≈) is samples seen × its mean tokenised length of the training set.")

@@ -20,8 +20,8 @@ from typing import Any
 
 from sftpack.errors import SftpackError
 
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "oom", "timeout", "killed", "skipped", "interrupted")
+SCHEMA_VERSION = 2   # 2: `utilisation` (MFU) per run, status `deadline`, session deadline/skip-module keys
+STATUSES = ("ok", "failed", "oom", "timeout", "deadline", "killed", "skipped", "interrupted")
 
 MEMORY_MEASURES = {
     "peak_rss_largest_process_mib": "max RSS of the largest single process of the run (os.wait4 rusage = "
@@ -70,6 +70,20 @@ class Throughput:
 
 
 @dataclass
+class Utilisation:
+    """Model FLOPs utilisation of a GPU run (sftpack.bench.flops; the formula is stored with it)."""
+
+    mfu: float | None = None                       # share of the GPU's dense bf16 peak, 0..1
+    model_flops_per_token: float | None = None
+    model_tflops_per_s: float | None = None
+    matmul_params: int | None = None               # N of the formula
+    peak_flops_per_s: float | None = None
+    peak_source: str | None = None
+    mfu_tokens: str | None = None                  # which token count the tokens/s came from
+    formula: str | None = None
+
+
+@dataclass
 class RunResult:
     suite: str
     session: str
@@ -88,6 +102,7 @@ class RunResult:
     load_avg_1m_after: float | None = None
     memory: Memory = field(default_factory=Memory)
     throughput: Throughput = field(default_factory=Throughput)
+    utilisation: Utilisation = field(default_factory=Utilisation)
     final_loss: float | None = None
     train_loss_mean: float | None = None
     loss_curve: list = field(default_factory=list)

@@ -15,10 +15,12 @@ bare and under the harness, alternately.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -30,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from sftpack import frameworks as fw
-from sftpack.bench import fairness, logs
+from sftpack.bench import fairness, flops, logs
 from sftpack.bench.monitor import Measured, Nvml, harness_rss_mib, run_measured
-from sftpack.bench.results import SCHEMA_VERSION, Memory, RunResult, Throughput, write_json
+from sftpack.bench.results import SCHEMA_VERSION, Memory, RunResult, Throughput, Utilisation, write_json
 from sftpack.bench.suite import RunSpec, Suite, SuiteError, load_suite
 from sftpack.errors import SftpackError
 
@@ -98,22 +100,32 @@ def prepare_model(suite: Suite, work_root: Path, env: dict[str, str], log) -> tu
         if spec.build_shape is None:
             raise SuiteError(f"{suite.path}: model.path {spec.path!r} is not available offline (no folder, no "
                              "HuggingFace/ModelScope cache entry) and no build_shape is given")
-    folder = work_root / "models" / f"{spec.build_shape}-seed{spec.seed}"
-    if not (folder / BUILT_MARKER).is_file():
+    tokenizer = spec.tokenizer_path()
+    options = ["--shape", spec.build_shape, "--seed", str(spec.seed)]
+    if tokenizer is not None:
+        options += ["--tokenizer", str(tokenizer)]
+    # The folder is named by what built it, and reused only when its marker records the same build.
+    identity = hashlib.sha256(" ".join(options).encode()).hexdigest()[:10]
+    folder = work_root / "models" / f"{spec.build_shape}-seed{spec.seed}-{identity}"
+    marker = " ".join(options) + "\n"
+    built = folder / BUILT_MARKER
+    if not (built.is_file() and built.read_text() == marker):
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        cmd = [sys.executable, "-m", "sftpack", "tiny-model", str(tmp), "--shape", spec.build_shape,
-               "--seed", str(spec.seed)]
+        cmd = [sys.executable, "-m", "sftpack", "tiny-model", str(tmp), *options]
         _setup_step(cmd, work_root, env, log, f"building the {spec.build_shape} model")
-        (tmp / BUILT_MARKER).write_text(" ".join(cmd) + "\n")
+        (tmp / BUILT_MARKER).write_text(marker)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
-    note = (f"random weights of shape {spec.build_shape} built offline by `sftpack tiny-model --shape "
-            f"{spec.build_shape} --seed {spec.seed}`")
+    tokenizer_note = (f"the tokenizer of {tokenizer}" if tokenizer is not None
+                      else "the tiny GSM8K-trained tokenizer (tokens per row differ from the real model's)")
+    note = (f"random weights of shape {spec.build_shape} built offline by `sftpack tiny-model {' '.join(options)}`"
+            f", with {tokenizer_note}")
     if spec.path:
-        note += f" because {spec.path!r} is not available offline; time and memory per token match the real model"
+        note += f"; because {spec.path!r} is not available offline. Time and memory per token match the real model"
     return folder.resolve(), {"requested": spec.path, "used": str(folder.resolve()), "source": note,
-                              "random_weights": True, "shape": spec.build_shape, "seed": spec.seed}
+                              "random_weights": True, "shape": spec.build_shape, "seed": spec.seed,
+                              "tokenizer": str(tokenizer) if tokenizer is not None else None}
 
 
 def _setup_step(cmd: list[str], cwd: Path, env: dict[str, str], log, what: str) -> None:
@@ -157,6 +169,9 @@ class Session:
     keep_outputs: bool = False
     echo: bool = False
     base_env: dict = field(default_factory=lambda: dict(os.environ))
+    timeout_s: float | None = None       # --timeout-s: every run's timeout (else the suite's)
+    deadline: float | None = None        # time.monotonic() after which no run starts; the run in flight stops
+    unusable: dict = field(default_factory=dict)   # --skip-module NAME=REASON: importable but unusable here
 
 
 def harness_overrides(run: RunSpec, model: Path, output_dir: Path) -> dict[str, Any]:
@@ -198,8 +213,9 @@ def run_env(session: Session, run: RunSpec, cache: Path) -> tuple[dict[str, str]
     return env, extra
 
 
-def skip_reason(suite: Suite, environment: dict[str, Any], run: RunSpec) -> str | None:
-    """Why `run` cannot run on this machine (too few GPUs, a required module missing), or None."""
+def skip_reason(suite: Suite, environment: dict[str, Any], run: RunSpec,
+                unusable: dict[str, str] | None = None) -> str | None:
+    """Why `run` cannot run on this machine (too few GPUs, a required module missing or unusable), or None."""
     reasons = []
     gpus = suite.gpus(run)
     gpu = environment.get("gpu") or {}
@@ -210,10 +226,14 @@ def skip_reason(suite: Suite, environment: dict[str, Any], run: RunSpec) -> str 
     missing = [name for name in suite.requires(run) if importlib.util.find_spec(name) is None]
     if missing:
         reasons.append(f"Python module(s) {missing} not importable in {sys.executable}'s environment")
+    reasons += [f"{name} unusable here: {why}" for name, why in (unusable or {}).items()
+                if name in suite.requires(run) and name not in missing]
     return "; ".join(reasons) or None
 
 
-def _status(measured: Measured, stdout: str, timeout_s: float) -> tuple[str, str | None]:
+def _status(measured: Measured, stdout: str, timeout_s: float, by_deadline: bool) -> tuple[str, str | None]:
+    if measured.timed_out and by_deadline:
+        return "deadline", f"stopped at the session deadline (--deadline-s) after {measured.wall_s:.0f} s"
     if measured.timed_out:
         return "timeout", f"killed after the run's timeout of {timeout_s:g} s"
     if measured.exit_code == 0:
@@ -241,7 +261,9 @@ def execute(session: Session, run: RunSpec, repeat: int, run_dir: Path, sample: 
     run_dir.mkdir(parents=True, exist_ok=False)
     scratch = session.work / run_dir.name
     output_dir, cache = scratch / "output", scratch / "cache"
-    reason = skip_reason(suite, session.environment, run)
+    reason = skip_reason(suite, session.environment, run, session.unusable)
+    if reason is None and session.deadline is not None and time.monotonic() >= session.deadline:
+        reason = "not started: the session deadline (--deadline-s) had passed"
     try:
         cmd, overrides = command(session, run, output_dir)
     except SftpackError as err:  # the framework's CLI is not installed here
@@ -254,10 +276,13 @@ def execute(session: Session, run: RunSpec, repeat: int, run_dir: Path, sample: 
         result.status_detail = reason
         write_json(run_dir / "result.json", result.to_dict())
         return result
-    timeout_s = suite.timeout_s(run)
+    timeout_s = session.timeout_s if session.timeout_s is not None else suite.timeout_s(run)
+    limit_s, by_deadline = timeout_s, False
+    if session.deadline is not None and session.deadline - time.monotonic() < timeout_s:
+        limit_s, by_deadline = max(session.deadline - time.monotonic(), 1.0), True
     nvml = session.nvml if suite.gpus(run) > 0 else None
     try:
-        measured = run_measured(cmd, session.work, env, run_dir / "stdout.log", timeout_s,
+        measured = run_measured(cmd, session.work, env, run_dir / "stdout.log", limit_s,
                                 interval_s=suite.sample_interval_s, sample=sample, nvml=nvml, echo=session.echo)
     except KeyboardInterrupt:
         result.status, result.status_detail = "interrupted", "interrupted (Ctrl-C); the run was killed"
@@ -281,7 +306,7 @@ def execute(session: Session, run: RunSpec, repeat: int, run_dir: Path, sample: 
             shutil.copy2(output_dir / name, run_dir / name)
     parse_s = time.perf_counter() - parse_started
 
-    result.status, result.status_detail = _status(measured, stdout, timeout_s)
+    result.status, result.status_detail = _status(measured, stdout, timeout_s, by_deadline)
     result.exit_code = measured.exit_code
     result.wall_s = measured.wall_s
     result.cpu_user_s, result.cpu_system_s = measured.cpu_user_s, measured.cpu_system_s
@@ -310,6 +335,7 @@ def execute(session: Session, run: RunSpec, repeat: int, run_dir: Path, sample: 
     result.final_loss, result.train_loss_mean, result.loss_curve = log.final_loss, log.train_loss_mean, log.loss_curve
     result.trainable_params, result.total_params = log.trainable_params, log.total_params
     result.trainable_percent, result.params_source = log.trainable_percent, log.params_source
+    result.utilisation = utilisation(session, result, full=normalised["method"] == "full")
     result.warnings = list(log.warnings) + ([f"the sampler hit {sampler['errors']} NVML errors"]
                                             if sampler.get("errors") else [])
     result.harness = {"sampled": sample, "sample_interval_s": suite.sample_interval_s,
@@ -326,6 +352,25 @@ def execute(session: Session, run: RunSpec, repeat: int, run_dir: Path, sample: 
     if not session.keep_outputs:
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def utilisation(session: Session, result: RunResult, full: bool) -> Utilisation:
+    """MFU of a GPU run (sftpack.bench.flops); every figure None on a CPU or when an input is unknown."""
+    util = Utilisation(formula=flops.FORMULA)
+    config_path = session.model / "config.json"
+    if result.gpus == 0 or not config_path.is_file():
+        return util
+    devices = (session.environment.get("gpu") or {}).get("devices") or []
+    util.peak_flops_per_s, util.peak_source = flops.gpu_peak_bf16(devices[0]["name"] if devices else None)
+    util.matmul_params = flops.matmul_params(json.loads(config_path.read_text(encoding="utf-8")))
+    if full or result.trainable_params is not None:
+        util.model_flops_per_token = flops.train_flops_per_token(util.matmul_params, result.trainable_params, full)
+    tokens_per_s = result.throughput.non_padding_tokens_per_s
+    util.mfu = flops.mfu(util.model_flops_per_token, tokens_per_s, util.peak_flops_per_s)
+    if util.mfu is not None and util.peak_flops_per_s:
+        util.mfu_tokens = result.throughput.non_padding_tokens_source
+        util.model_tflops_per_s = util.model_flops_per_token * tokens_per_s / 1e12
+    return util
 
 
 def _write_timeline(path: Path, timeline: list) -> None:
@@ -405,38 +450,95 @@ def new_session_dir(suite_dir: Path) -> tuple[str, Path]:
     return session_id, suite_dir / session_id
 
 
+def select_runs(suite: Suite, only: list[str] | None) -> list[RunSpec]:
+    if not only:
+        return list(suite.runs)
+    unknown = sorted(set(only) - {r.name for r in suite.runs})
+    if unknown:
+        raise SuiteError(f"--only: {unknown} not in {suite.path}. Runs: {[r.name for r in suite.runs]}")
+    return [r for r in suite.runs if r.name in only]
+
+
+def parse_skip_modules(items: list[str] | None) -> dict[str, str]:
+    """`--skip-module NAME=REASON` (repeatable) -> {NAME: REASON}."""
+    out = {}
+    for item in items or []:
+        name, sep, why = item.partition("=")
+        if not name.strip():
+            raise SuiteError(f"--skip-module {item!r}: expected MODULE=REASON, e.g. liger_kernel='no CUDA'")
+        out[name.strip()] = why.strip() or "marked unusable (--skip-module)"
+    return out
+
+
+class Stop(KeyboardInterrupt):
+    """SIGTERM while a suite runs: handled like Ctrl-C (the run in flight is killed and recorded)."""
+
+
+def _install_signal_handlers() -> dict:
+    """Ctrl-C and SIGTERM stop the suite cleanly, also when started in the background of a non-interactive shell
+    (which starts it with SIGINT ignored). Returns the previous handlers."""
+    def on_term(signum, frame):
+        raise Stop(f"signal {signal.Signals(signum).name}")
+
+    previous = {}
+    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, on_term)):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:   # not the main thread (e.g. called from a test's worker thread)
+            pass
+    return previous
+
+
 def run_suite(suite_path: Path, results_root: Path = DEFAULT_RESULTS, work_root: Path = DEFAULT_WORK,
               repeats: int | None = None, only: list[str] | None = None, overhead_repeats: int | None = None,
-              keep_outputs: bool = False, echo: bool = False) -> tuple[Path, list[RunResult]]:
-    """Run a suite; return (session results folder, results). Raises SuiteError before running an unfair pair."""
-    suite = load_suite(suite_path)
-    runs = suite.runs
-    if only:
-        unknown = sorted(set(only) - {r.name for r in runs})
-        if unknown:
-            raise SuiteError(f"--only: {unknown} not in {suite.path}. Runs: {[r.name for r in runs]}")
-        runs = [r for r in runs if r.name in only]
+              keep_outputs: bool = False, echo: bool = False, sets: list[str] | None = None,
+              timeout_s: float | None = None, deadline_s: float | None = None,
+              skip_modules: dict[str, str] | None = None) -> tuple[Path, list[RunResult]]:
+    """Run a suite; return (session results folder, results). Raises SuiteError before running an unfair pair.
+
+    `deadline_s`: seconds from now after which no run starts; the run in flight is stopped and recorded as
+    `deadline`. `timeout_s`: every run's timeout instead of the suite's. `skip_modules`: module -> reason, for
+    modules that import but cannot work here (runs requiring them are recorded as skipped with the reason).
+    """
+    t0 = time.monotonic()
+    deadline = t0 + deadline_s if deadline_s is not None else None
+    suite = load_suite(suite_path, sets)
+    runs = select_runs(suite, only)
+    suite.model.check_tokenizer()
+    previous_handlers = _install_signal_handlers()
+    try:
+        return _run_suite(suite, runs, results_root, work_root, repeats, overhead_repeats, keep_outputs, echo,
+                          timeout_s, deadline, skip_modules or {}, t0)
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+
+
+def _run_suite(suite: Suite, runs: list[RunSpec], results_root: Path, work_root: Path, repeats: int | None,
+               overhead_repeats: int | None, keep_outputs: bool, echo: bool, timeout_s: float | None,
+               deadline: float | None, skip_modules: dict[str, str], t0: float) -> tuple[Path, list[RunResult]]:
     verdicts = {v.group: v for v in fairness.check_suite(suite)}
     unfair = [v for v in verdicts.values() if not v.comparable]
     if unfair and suite.fairness == "refuse":
         raise SuiteError(f"{suite.path}: refusing to run unfair comparison pair(s) (set `fairness: mark` to run "
                          "them flagged as not comparable):\n  " + "\n  ".join(v.describe() for v in unfair))
     results_root, work_root = Path(results_root).resolve(), Path(work_root).resolve()
+    plan = run_plan(suite, runs, repeats)
     session_id, session_dir = new_session_dir(results_root / suite.name)
     work = work_root / suite.name / session_id
     work.mkdir(parents=True)
     setup_env = fw.offline_env(work / "setup-cache")
     print(f"sftpack bench: suite {suite.name} -> {session_dir}\n  work folder (frameworks' cwd): {work}", flush=True)
-    started, t0 = _utc_now(), time.monotonic()
-    plan = [(run, r) for r in range(1, max((repeats or suite.repeats(run)) for run in runs) + 1)
-            for run in runs if r <= (repeats or suite.repeats(run))]
+    if deadline is not None:
+        print(f"  deadline: {deadline - time.monotonic():.0f} s from now (no run starts after it)", flush=True)
+    started = _utc_now()
     with (session_dir / "setup.log").open("w", encoding="utf-8") as setup_log:
         environment = capture_environment(setup_env)
-        runnable = [run.name for run, _ in plan if skip_reason(suite, environment, run) is None]
+        runnable = [run.name for run, _ in plan if skip_reason(suite, environment, run, skip_modules) is None]
         n_overhead = (suite.overhead.repeats if suite.overhead and overhead_repeats is None
                       else (overhead_repeats or 0))
         overhead_run = suite.run(suite.overhead.run if suite.overhead else runs[0].name)
-        overhead_skip = skip_reason(suite, environment, overhead_run) if n_overhead else None
+        overhead_skip = skip_reason(suite, environment, overhead_run, skip_modules) if n_overhead else None
         if runnable or (n_overhead and overhead_skip is None):
             model, model_info = prepare_model(suite, work_root, setup_env, setup_log)
             dataset_info = prepare_dataset(suite, work, setup_env, setup_log)
@@ -450,14 +552,17 @@ def run_suite(suite_path: Path, results_root: Path = DEFAULT_RESULTS, work_root:
         if nvml is None:
             print(f"  NVML not used: {why}", flush=True)
     session = Session(suite, session_id, session_dir, work, model, model_info, dataset_info, environment,
-                      verdicts, nvml=nvml, keep_outputs=keep_outputs, echo=echo)
+                      verdicts, nvml=nvml, keep_outputs=keep_outputs, echo=echo, timeout_s=timeout_s,
+                      deadline=deadline, unusable=skip_modules)
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "suite": suite.name, "suite_file": _rel(suite.path),
         "suite_text": suite.path.read_text(encoding="utf-8"), "session": session_id, "started_at_utc": started,
         "finished_at_utc": None, "argv": sys.argv, "setup_s": time.monotonic() - t0, "model": model_info,
         "dataset": dataset_info, "environment": environment,
         "fairness": [v.as_dict() for v in verdicts.values()], "fairness_mode": suite.fairness,
-        "runs": [], "overhead": None,
+        "runs": [], "overhead": None, "timeout_s_override": timeout_s,
+        "deadline_s": round(deadline - t0, 3) if deadline is not None else None, "skip_modules": skip_modules,
+        "interrupted": None,
     }
     write_json(session_dir / "session.json", record)
     for verdict in verdicts.values():
@@ -470,13 +575,25 @@ def run_suite(suite_path: Path, results_root: Path = DEFAULT_RESULTS, work_root:
     results: list[RunResult] = []
     for index, (run, repeat) in enumerate(plan, 1):
         run_dir = session_dir / f"{run.name}-r{repeat}"
-        result = execute(session, run, repeat, run_dir)
+        try:
+            result = execute(session, run, repeat, run_dir)
+        except KeyboardInterrupt as stop:   # the run was killed and recorded as interrupted
+            record["runs"].append({"run": run.name, "repeat": repeat, "dir": run_dir.name, "status": "interrupted"})
+            record["interrupted"] = str(stop) or "SIGINT"
+            record["finished_at_utc"] = _utc_now()
+            write_json(session_dir / "session.json", record)
+            if nvml is not None:
+                nvml.close()
+            raise
         results.append(result)
         record["runs"].append({"run": run.name, "repeat": repeat, "dir": run_dir.name, "status": result.status})
         write_json(session_dir / "session.json", record)
         print(f"[{index}/{len(plan)}] {_one_line(result)}", flush=True)
 
-    if n_overhead and overhead_skip:
+    if n_overhead and deadline is not None and time.monotonic() >= deadline:
+        record["overhead"] = {"run": overhead_run.name, "repeats": n_overhead,
+                              "error": "not measured: the session deadline (--deadline-s) had passed"}
+    elif n_overhead and overhead_skip:
         record["overhead"] = {"run": overhead_run.name, "repeats": n_overhead,
                               "error": f"not measured: {overhead_skip}"}
     elif n_overhead:
@@ -490,6 +607,12 @@ def run_suite(suite_path: Path, results_root: Path = DEFAULT_RESULTS, work_root:
     if nvml is not None:
         nvml.close()
     return session_dir, results
+
+
+def run_plan(suite: Suite, runs: list[RunSpec], repeats: int | None) -> list[tuple[RunSpec, int]]:
+    """(run, repeat) in the order they run: repeats interleaved (r1 of every run, then r2, ...)."""
+    return [(run, r) for r in range(1, max((repeats or suite.repeats(run)) for run in runs) + 1)
+            for run in runs if r <= (repeats or suite.repeats(run))]
 
 
 def _one_line(result: RunResult) -> str:

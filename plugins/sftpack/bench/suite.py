@@ -61,6 +61,12 @@ def _check_type(where: str, key: str, value: Any, types: tuple, hint: str) -> No
         raise SuiteError(f"{where}: '{key}' must be {hint}, got {value!r}")
 
 
+def _check_timeout(where: str, value: Any) -> None:
+    _check_type(where, "timeout_s", value, (int, float), "seconds > 0 (a number)")
+    if value <= 0:
+        raise SuiteError(f"{where}: 'timeout_s' must be seconds > 0, got {value!r}")
+
+
 def _substitute(value: Any) -> Any:
     """`{repo}` in strings (also inside lists) -> the repository root."""
     if isinstance(value, str):
@@ -77,6 +83,7 @@ class ModelSpec:
     path: str | None = None          # a local folder or a hub id looked up in this machine's HF/ModelScope cache
     build_shape: str | None = None   # sftpack.tiny_model.SHAPES key; random weights, built offline
     seed: int = 0
+    tokenizer: str | None = None     # tokenizer folder for the built model (default: the tiny GSM8K-trained one)
     _where: str = field(default="model", repr=False)
 
     def __post_init__(self) -> None:
@@ -88,6 +95,23 @@ class ModelSpec:
         if self.build_shape is not None and self.build_shape not in SHAPES:
             raise SuiteError(f"{self._where}: build_shape {self.build_shape!r} unknown. Expected: {sorted(SHAPES)}")
         _check_type(self._where, "seed", self.seed, (int,), "an integer")
+        if self.tokenizer is not None:
+            _check_type(self._where, "tokenizer", self.tokenizer, (str,), "a folder path")
+
+    def tokenizer_path(self) -> Path | None:
+        """The tokenizer folder, resolved against the repo root; None = the tiny model's own tokenizer."""
+        if self.tokenizer is None:
+            return None
+        path = Path(_substitute(self.tokenizer)).expanduser()
+        return path if path.is_absolute() else (fw.REPO_ROOT / path).resolve()
+
+    def check_tokenizer(self) -> None:
+        """The tokenizer folder must exist before a model is built with it (checked before any run)."""
+        path = self.tokenizer_path()
+        if path is not None and not (path / "tokenizer_config.json").is_file():
+            raise SuiteError(f"{self._where}.tokenizer {self.tokenizer!r}: no tokenizer folder at "
+                             f"{path} (no tokenizer_config.json). The GPU kit's tokenizer is built by "
+                             "`python benchmarks/gpu/prepare.py`")
 
 
 @dataclass
@@ -135,6 +159,7 @@ class Defaults:
             _check_type(self._where, key, getattr(self, key), (dict,), "a mapping")
         _check_type(self._where, "repeats", self.repeats, (int,), "an integer >= 1")
         _check_type(self._where, "gpus", self.gpus, (int,), "an integer >= 0")
+        _check_timeout(self._where, self.timeout_s)
 
 
 @dataclass
@@ -168,6 +193,8 @@ class RunSpec:
         for key in ("repeats", "gpus"):
             if getattr(self, key) is not None:
                 _check_type(self._where, key, getattr(self, key), (int,), "an integer")
+        if self.timeout_s is not None:
+            _check_timeout(self._where, self.timeout_s)
         if self.requires is not None:
             _check_type(self._where, "requires", self.requires, (list,), "a list of Python module names")
         owned = sorted(set(self.overrides) & set(HARNESS_KEYS[self.framework]))
@@ -194,6 +221,29 @@ class OverheadSpec:
 
 
 @dataclass
+class TimeModel:
+    """What `sftpack bench SUITE --plan` assumes to plan a suite's time (sftpack.bench.flops.planned_run_s)."""
+
+    peak_tflops: float               # the GPU's dense bf16 peak
+    assumed_mfu: float               # share of the peak the training loop reaches (a guess until measured)
+    tokens_per_sample: float         # mean tokens per training row as the configs render it
+    startup_s: float                 # per run: imports, model load, tokenising (no training)
+    save_gb_per_s: float = 1.0       # writing a full model (bf16: 2 bytes per parameter)
+    liger_compile_s: float = 0.0     # Triton compilation of Liger's kernels, per run that uses them
+    setup_s: float = 0.0             # once per suite outside `bench` (e.g. the GPU kit's install + model build)
+    _where: str = field(default="time_model", repr=False)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if not f.name.startswith("_"):
+                _check_type(self._where, f.name, getattr(self, f.name), (int, float), "a number >= 0")
+                if getattr(self, f.name) < 0:
+                    raise SuiteError(f"{self._where}: '{f.name}' must be >= 0, got {getattr(self, f.name)!r}")
+        if not 0 < self.assumed_mfu <= 1 or self.peak_tflops <= 0 or self.tokens_per_sample <= 0:
+            raise SuiteError(f"{self._where}: need 0 < assumed_mfu <= 1, peak_tflops > 0, tokens_per_sample > 0")
+
+
+@dataclass
 class Suite:
     """A benchmark suite file (see the module docstring)."""
 
@@ -206,6 +256,7 @@ class Suite:
     fairness: str = "refuse"         # refuse: stop before running an unfair pair; mark: run, flag not comparable
     sample_interval_s: float = 0.2   # memory sampling period of the process tree (and NVML on GPU)
     overhead: Any = None
+    time_model: Any = None           # TimeModel: lets `--plan` estimate the suite's time before running it
     _where: str = field(default="suite", repr=False)
     path: Path | None = field(default=None, init=False)
 
@@ -231,6 +282,8 @@ class Suite:
             if frameworks != sorted(FRAMEWORKS):
                 raise SuiteError(f"{where}: group {group!r} must hold exactly one llamafactory and one swift run "
                                  f"(a comparison pair); it holds {[(r.name, r.framework) for r in members]}")
+        if self.time_model is not None:
+            self.time_model = _from_mapping(TimeModel, self.time_model, f"{where}: time_model")
         if self.overhead is not None:
             self.overhead = _from_mapping(OverheadSpec, self.overhead, f"{where}: overhead")
             if self.overhead.run not in names:
@@ -272,8 +325,48 @@ class Suite:
         return {str(k): str(_substitute(v)) for k, v in {**self.defaults.env, **run.env}.items()}
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read and validate a suite YAML; errors name the file."""
+def _unshared(value: Any) -> Any:
+    """A copy in which no mapping or list is shared (YAML anchors alias one object: `swift: *plain`), so that
+    `--set defaults.swift.x=1` changes only Swift's defaults."""
+    if isinstance(value, Mapping):
+        return {key: _unshared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshared(item) for item in value]
+    return value
+
+
+def apply_sets(data: dict, sets: list[str], where: str) -> dict:
+    """`--set KEY.PATH=VALUE` overrides on a suite's raw mapping (VALUE read as YAML), before validation.
+
+    `--set defaults.gpus=0 --set model.build_shape=tiny --set 'defaults.presets=[tiny_cpu]'`. A path runs
+    through mappings only (runs are a list: change them in the file); missing mappings on the way are created.
+    """
+    import yaml
+
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SuiteError(f"{where}: --set {item!r}: expected KEY.PATH=VALUE, e.g. defaults.gpus=0")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise SuiteError(f"{where}: --set {item!r}: the value is not valid YAML: {err}") from None
+        node = data
+        parts = key.strip().split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SuiteError(f"{where}: --set {item!r}: {'.'.join(parts[:depth + 1])} is a "
+                                 f"{type(child).__name__}, not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_suite(path: str | Path, sets: list[str] | None = None) -> Suite:
+    """Read and validate a suite YAML (after `--set` overrides); errors name the file."""
     import yaml
 
     path = Path(path)
@@ -285,7 +378,7 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, Mapping):
         raise SuiteError(f"{path}: expected a mapping at the top level")
-    data = dict(data)
+    data = apply_sets(_unshared(data), list(sets or []), str(path))
     data.setdefault("name", path.stem)
     suite = _from_mapping(Suite, data, str(path))
     suite.path = path.resolve()
