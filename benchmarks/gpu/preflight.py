@@ -29,6 +29,8 @@ CLIS = ("llamafactory-cli", "swift", "lm_eval")
 MODULES = {"transformers": "transformers", "tokenizers": "tokenizers", "peft": "peft", "accelerate": "accelerate",
            "datasets": "datasets", "trl": "trl", "llamafactory": "llamafactory", "ms-swift": "swift",
            "lm-eval": "lm_eval"}
+# What each CLI imports before it trains or evaluates (an ImportError here would end every run in seconds).
+ENTRY_MODULES = ("llamafactory.train.tuner", "swift.cli.sft", "lm_eval.__main__")
 
 
 def manifest_pins() -> dict[str, str]:
@@ -59,6 +61,11 @@ def check_versions(site: Path) -> tuple[dict, list[str]]:
         found[dist]["imported_from"] = str(location)
         if site.resolve() not in location.parents:
             fatal.append(f"{module} imports from {location}, not from the kit's {site}")
+    for module in ENTRY_MODULES:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # noqa: BLE001
+            fatal.append(f"import {module} failed: {type(err).__name__}: {str(err)[:300]}")
     return found, fatal
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -86,27 +87,51 @@ def run_logged(cmd: list[str], env: dict, log: Log, timeout_s: float | None = No
     return code
 
 
-def manifest_hash() -> str:
-    return hashlib.sha256((HERE / "manifest.txt").read_bytes()).hexdigest()[:16]
+def requirements(scratch: Path) -> tuple[Path, str]:
+    """The manifest, less torchaudio when the image has its own (it must match the image's torch build)."""
+    text = (HERE / "manifest.txt").read_text(encoding="utf-8")
+    if importlib.util.find_spec("torchaudio") is not None:
+        text = "".join(line for line in text.splitlines(True) if not line.startswith("torchaudio=="))
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = scratch / "kit-requirements.txt"
+    path.write_text(text, encoding="utf-8")
+    return path, hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def install(wheels: Path, site: Path, log: Log) -> None:
+def install(wheels: Path, site: Path, scratch: Path, log: Log) -> None:
+    reqs, digest = requirements(scratch)
     stamp = site / ".sftpack-gpu-kit"
-    if stamp.is_file() and stamp.read_text() == manifest_hash():
-        log(f"wheels already installed in {site} (same manifest)")
+    if stamp.is_file() and stamp.read_text() == digest:
+        log(f"wheels already installed in {site} (same requirements)")
         return
-    found = sorted(wheels.glob("*.whl"))
-    if not found:
+    if not any(wheels.glob("*.whl")):
         raise SystemExit(f"run.py: no wheels in {wheels}: run `python benchmarks/gpu/prepare.py` where PyPI is "
-                         "reachable, and carry benchmarks/gpu/kit with the working tree")
+                         "reachable, and carry benchmarks/gpu/kit/wheels with the working tree")
     shutil.rmtree(site, ignore_errors=True)
     code = run_logged([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--require-hashes",
                        "--disable-pip-version-check", "--no-compile", "--target", site, "--find-links", wheels,
-                       "-r", HERE / "manifest.txt"], dict(os.environ), log)
+                       "-r", reqs], dict(os.environ), log)
     if code != 0:
         raise SystemExit(f"run.py: installing the wheels failed (exit {code}); see kit.log")
-    stamp.write_text(manifest_hash())
-    log(f"installed {len(found)} wheels into {site}")
+    stamp.write_text(digest)
+    log(f"installed the {sum(1 for line in reqs.read_text().splitlines() if '==' in line)} pinned wheels into {site}")
+
+
+def repair_torchaudio(site: Path, env: dict, log: Log) -> None:
+    """LLaMA-Factory imports torchaudio but text never calls it: when the kit's torchaudio cannot load its
+    compiled libraries beside this torch, remove them (in SITE only) so it imports as pure Python, as
+    plugins/bootstrap.py does for CPU builds."""
+    if not (site / "torchaudio").is_dir():
+        return
+    probe = [sys.executable, "-c", "import torchaudio"]
+    if subprocess.run(probe, env=env, capture_output=True).returncode == 0:
+        return
+    removed = list((site / "torchaudio" / "lib").glob("*.so"))
+    for path in removed:
+        path.unlink()
+    ok = subprocess.run(probe, env=env, capture_output=True).returncode == 0
+    log(f"torchaudio's compiled libraries do not load beside this torch: removed {len(removed)} from {site} "
+        f"(text training never uses them); import now {'works' if ok else 'STILL FAILS'}")
 
 
 def unpack_tokenizer(log: Log) -> None:
@@ -188,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], help="passed to `sftpack bench --set` (repeatable)")
     parser.add_argument("--deadline-s", type=float, help="bench's deadline (default: what the budget leaves)")
     parser.add_argument("--timeout-s", type=float, help="bench's per-run timeout (default: the suite's)")
+    parser.add_argument("--only", help="bench's --only: comma-separated run names (default: every run)")
     parser.add_argument("--allow-no-cuda", action="store_true", help="the CPU twin (tests/test_gpu_kit.py)")
     parser.add_argument("--pipeline", type=Path, help="a pipeline to run after the suite when time is left")
     parser.add_argument("--pipeline-min-s", type=float, default=200.0, help="time the pipeline needs to start")
@@ -207,10 +233,11 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"GPU kit: python {sys.version.split()[0]} at {sys.executable}; budget {args.budget_s:.0f} s; out {out}")
     started = elapsed()
-    install(args.wheels.resolve(), args.site.resolve(), log)
+    install(args.wheels.resolve(), args.site.resolve(), work, log)
+    env = kit_env(args.site.resolve(), work / "cache")
+    repair_torchaudio(args.site.resolve(), env, log)
     unpack_tokenizer(log)
     step("install", started)
-    env = kit_env(args.site.resolve(), work / "cache")
 
     started = elapsed()
     code = run_logged([sys.executable, HERE / "preflight.py", "--site", args.site.resolve(), "--json",
@@ -232,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         bench += ["--set", item]
     if args.timeout_s:
         bench += ["--timeout-s", f"{args.timeout_s:g}"]
+    if args.only:
+        bench += ["--only", args.only]
     if not preflight["liger"]["usable"]:
         bench += ["--skip-module", f"liger_kernel=preflight: {preflight['liger']['reason']}"]
     started = elapsed()
@@ -263,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["pipeline_exit"] = f"not started: {left:.0f} s left"
 
     ok = [run for run, status in summary["runs"].items() if status == "ok"]
-    summary["result"] = f"{len(ok)} of {len(summary['runs'])} runs ok"
+    summary["result"] = (f"{len(ok)} of {len(summary['runs'])} runs ok" if summary["runs"] else
+                         f"bench stopped before any run (exit {summary['bench_exit']}): see kit.log")
     write_summary()
     log(f"done: {summary['result']}: {summary['runs']}; sent back: {sorted(p.name for p in out.iterdir())}")
     return 0 if ok else 1
