@@ -1,6 +1,7 @@
-"""`sftpack run`: the pipeline schema, the stage runner (skip, --force, failure) and the default pipeline end to end.
+"""`sftpack run`: the pipeline schema, the stage runner (skip, --force, failure), offline fallbacks, the GPU
+pipelines' settings, and the default pipeline end to end.
 
-    .venv/bin/python -m pytest tests/test_pipeline.py -m "not integration"   # schema + stage runner, seconds
+    .venv/bin/python -m pytest tests/test_pipeline.py -m "not integration"   # schema, runner, offline: seconds
     .venv/bin/python -m pytest tests/test_pipeline.py -m integration         # the default pipeline, fewer steps
 """
 
@@ -8,16 +9,20 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 import yaml
 from sftpack import frameworks as fw
 from sftpack.errors import SftpackError
+from sftpack.pipeline.offline import HUB_MODULES, OFFLINE_VARS, go_offline, offline_reason
 from sftpack.pipeline.schema import Pipeline, PipelineError, load_pipeline
-from sftpack.pipeline.stages import DONE, Stage, StageFailed, run_stages
+from sftpack.pipeline.stages import DONE, Context, Stage, StageFailed, run_stages
 
 PIPELINES = fw.REPO_ROOT / "benchmarks" / "pipelines"
 DEFAULT = PIPELINES / "tiny_cpu.yaml"
+GPU = PIPELINES / "qwen2.5_1.5b_gpu.yaml"
+GPU_SMOKE = PIPELINES / "qwen2.5_1.5b_gpu_smoke.yaml"
 
 
 def _default() -> dict:
@@ -70,6 +75,181 @@ def test_gpu_pipeline_refuses_without_gpu():
         pytest.skip("this machine has a GPU: the refusal cannot be seen here")
     with pytest.raises(PipelineError, match="requires_gpu: true.*no CUDA GPU"):
         check_gpu(pipeline)
+
+
+def _tokenizer_folder(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        (folder / name).write_text("{}", encoding="utf-8")
+    return folder
+
+
+def test_model_tokenizer_is_checked_at_load_and_errors_name_key_and_path(tmp_path):
+    data = _default()
+    data["model"]["tokenizer"] = "runs/no-such-tokenizer-folder"      # relative: resolved against the repo root
+    resolved = fw.REPO_ROOT / "runs" / "no-such-tokenizer-folder"
+    with pytest.raises(PipelineError, match=r"model\.tokenizer 'runs/no-such-tokenizer-folder': no such") as info:
+        Pipeline.from_dict(data)
+    assert f"({resolved})" in str(info.value)
+    (tmp_path / "empty").mkdir()
+    data["model"]["tokenizer"] = str(tmp_path / "empty")
+    with pytest.raises(PipelineError, match=r"model\.tokenizer .*empty holds no tokenizer_config\.json / tokenizer"):
+        Pipeline.from_dict(data)
+    data["model"].update(tokenizer=str(_tokenizer_folder(tmp_path / "tok")), build_shape=None, path="some/model")
+    with pytest.raises(PipelineError, match=r"model\.tokenizer .*used only when the model is built"):
+        Pipeline.from_dict(data)
+    data["model"].update(build_shape="tiny")
+    assert Pipeline.from_dict(data).model.tokenizer_path == tmp_path / "tok"
+    data["model"].update(tokenizer="runs/no-such-tokenizer-folder", tokenizer_required=False)
+    assert Pipeline.from_dict(data).model.tokenizer_path is None          # absent but optional: the stage falls back
+
+
+def _smoke_settings(pipeline: Pipeline, framework: str) -> dict:
+    spec = next(t for t in pipeline.train if t.framework == framework)
+    config = yaml.safe_load(spec.config_path.read_text(encoding="utf-8"))
+    return {**config, **spec.overrides}
+
+
+@pytest.mark.parametrize("path", [GPU, GPU_SMOKE], ids=lambda p: p.name)
+def test_gpu_pipelines_validate_with_and_without_the_kit_tokenizer(path, tmp_path):
+    pipeline = load_pipeline(path)
+    assert pipeline.requires_gpu and pipeline.model.build_shape == "qwen2.5-1.5b"
+    assert pipeline.model.tokenizer == "benchmarks/gpu/kit/qwen2.5-tokenizer" and not pipeline.model.tokenizer_required
+    assert pipeline.eval.device == "cuda"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["model"].update(tokenizer=str(_tokenizer_folder(tmp_path / "qwen2.5-tokenizer")), tokenizer_required=True)
+    assert Pipeline.from_dict(data).model.tokenizer_path == tmp_path / "qwen2.5-tokenizer"
+
+
+def test_gpu_smoke_is_small():
+    """60 steps of effective batch 16 per framework, full-parameter, 16 questions with short generations, no hub."""
+    pipeline = load_pipeline(GPU_SMOKE)
+    assert pipeline.model.path is None and not pipeline.model.download
+    assert pipeline.data.source == "sample"
+    for framework in ("llamafactory", "swift"):
+        settings = _smoke_settings(pipeline, framework)
+        assert settings["max_steps"] == 60
+        assert settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"] == 16
+        assert settings.get("finetuning_type", settings.get("tuner_type")) == "full"
+    assert pipeline.eval.limit == 16 and pipeline.eval.gen_kwargs == "max_gen_toks=256"
+
+
+@pytest.mark.parametrize("path", sorted(PIPELINES.glob("*.yaml")), ids=lambda p: p.name)
+def test_swift_gets_model_type_and_no_model_check_on_a_built_model(path, tmp_path):
+    """Every Swift command the pipeline builds for a local Qwen2 folder (a built model in particular) pins
+    model_type qwen2 (else "Multiple possible types found: ['qwen2', 'qwen2_gte']") and check_model false."""
+    from sftpack.pipeline.steps import train_command
+
+    model = tmp_path / "weights"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen2"}), encoding="utf-8")
+    spec = next(t for t in load_pipeline(path).train if t.framework == "swift")
+    pinned = ("model_type", "check_model")
+    for overrides in (spec.overrides, {k: v for k, v in spec.overrides.items() if k not in pinned}):
+        spec.overrides = overrides
+        cmd, used = train_command(spec, model, tmp_path / "out")
+        assert used["model_type"] == "qwen2" and used["check_model"] is False
+        assert cmd[cmd.index("--model_type") + 1] == "qwen2" and cmd[cmd.index("--check_model") + 1] == "false"
+
+
+def test_gpu_training_env_records_vram(tmp_path):
+    from sftpack.pipeline.steps import train_env
+
+    ctx = Context(out=tmp_path, outputs={}, started=0.0)
+    gpu = load_pipeline(GPU_SMOKE)
+    for spec in gpu.train:
+        env = train_env(ctx, spec, gpu)
+        assert env["RECORD_VRAM"] == "1" and "CUDA_VISIBLE_DEVICES" not in env and env["HF_HUB_OFFLINE"] == "1"
+    cpu = load_pipeline(DEFAULT)
+    env = train_env(ctx, cpu.train[0], cpu)
+    assert "RECORD_VRAM" not in env and env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+# -- offline: no hub call, the declared fallbacks at once --------------------------------------------------
+def test_offline_reason_and_go_offline():
+    assert offline_reason({}) is None and offline_reason({"HF_HUB_OFFLINE": "0"}) is None
+    assert offline_reason({"TRANSFORMERS_OFFLINE": "1"}) == "offline: TRANSFORMERS_OFFLINE=1"
+    assert offline_reason({"HF_DATASETS_OFFLINE": "true", "HF_HUB_OFFLINE": "1"}) == "offline: HF_HUB_OFFLINE=1"
+    env = {"HF_DATASETS_OFFLINE": "yes"}
+    assert go_offline(environ=env) == "offline: HF_DATASETS_OFFLINE=yes"
+    assert env == {"HF_DATASETS_OFFLINE": "yes", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {}
+    assert go_offline(flag=True, environ=env) == "offline: HF_HUB_OFFLINE=1"    # sftpack run --offline
+    assert env == dict.fromkeys(OFFLINE_VARS, "1")
+    env = {"HF_HUB_OFFLINE": "0"}
+    assert go_offline(environ=env) is None and env == {"HF_HUB_OFFLINE": "0"}
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """Only HF_HUB_OFFLINE=1 set (restored after the test), and every in-process hub call recorded."""
+    from sftpack import sources
+    from sftpack.pipeline import steps
+
+    for var in OFFLINE_VARS:
+        monkeypatch.setenv(var, "")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls: list[str] = []
+    monkeypatch.setattr(steps, "_download", lambda repo_id, *a: calls.append(f"download {repo_id}") or (None, "x"))
+    monkeypatch.setattr(sources, "iter_hub", lambda source, *a: calls.append(f"hub {source}") or iter(()))
+    for module in HUB_MODULES:
+        monkeypatch.setitem(sys.modules, module, None)    # an import of a hub library in-process fails
+    return calls
+
+
+def test_offline_model_and_data_stages_take_the_fallbacks_without_a_hub_call(tmp_path, hub_offline, capsys):
+    from sftpack.pipeline.steps import stages
+    from sftpack.samples import sample_dir
+
+    pipeline = Pipeline.from_dict({
+        "name": "offline", "model": {"path": "sftpack-tests/no-such-model", "download": True, "build_shape": "tiny"},
+        "data": {"family": "gsm8k", "source": "openai/gsm8k", "fallback_source": "sample"},
+        "train": _default()["train"]})
+    assert go_offline() == "offline: HF_HUB_OFFLINE=1"
+    started = time.monotonic()
+    records = run_stages(stages(pipeline)[:2], tmp_path)
+    with capsys.disabled():   # seen with -s; the tiny model's build is most of it, the hubs none of it
+        print(f"\noffline model+data stages: {time.monotonic() - started:.1f} s "
+              f"(model {records['model']['elapsed_s']} s, data {records['data']['elapsed_s']} s)")
+    assert hub_offline == [], "no hub call"
+    model = json.loads((tmp_path / "model" / DONE).read_text())["outputs"]
+    data = json.loads((tmp_path / "data" / DONE).read_text())["outputs"]
+    assert model["random_weights"] and model["fallback_reason"].startswith("offline: HF_HUB_OFFLINE=1")
+    assert "offline: HF_HUB_OFFLINE=1" in model["source"] and (tmp_path / "model" / "weights" / "config.json").is_file()
+    assert data["fallback_reason"].startswith("offline: HF_HUB_OFFLINE=1")
+    assert data["resolved_source"] == str(sample_dir("gsm8k")) and data["splits"]["gsm8k_train"]["rows"] == 1000
+    out = capsys.readouterr().out
+    assert (out.index("model: FALLBACK: 'sftpack-tests/no-such-model': offline: HF_HUB_OFFLINE=1")
+            < out.index("model done"))
+    assert out.index("data: FALLBACK: offline: HF_HUB_OFFLINE=1") < out.index("data done")
+
+
+def test_offline_data_without_a_fallback_names_the_fix(tmp_path, hub_offline):
+    from sftpack.pipeline.steps import data_stage
+
+    pipeline = Pipeline.from_dict({**_default(), "data": {"family": "gsm8k", "source": "openai/gsm8k"}})
+    with pytest.raises(StageFailed, match=r"'openai/gsm8k' is a hub id and this run is offline: HF_HUB_OFFLINE=1"):
+        run_stages([data_stage(pipeline)], tmp_path)
+    assert hub_offline == []
+
+
+def test_built_model_gets_the_tokenizer_or_says_it_fell_back(tmp_path, monkeypatch, capsys):
+    from sftpack.pipeline import steps
+
+    commands: list[list[str]] = []
+    monkeypatch.setattr(steps, "_logged", lambda cmd, *a: commands.append(cmd))
+    data = _default()
+    data["model"].update(tokenizer=str(_tokenizer_folder(tmp_path / "tok")))
+    run_stages([steps.model_stage(Pipeline.from_dict(data))], tmp_path / "a")
+    assert commands[-1][-2:] == ["--tokenizer", str(tmp_path / "tok")]
+    model = json.loads((tmp_path / "a" / "model" / DONE).read_text())["outputs"]
+    assert model["tokenizer"] == str(tmp_path / "tok") and model["tokenizer_fallback_reason"] is None
+    data["model"].update(tokenizer=str(tmp_path / "absent"), tokenizer_required=False)
+    run_stages([steps.model_stage(Pipeline.from_dict(data))], tmp_path / "b")
+    assert "--tokenizer" not in commands[-1]
+    model = json.loads((tmp_path / "b" / "model" / DONE).read_text())["outputs"]
+    assert model["tokenizer"] is None and str(tmp_path / "absent") in model["tokenizer_fallback_reason"]
+    assert "model: FALLBACK: model.tokenizer" in capsys.readouterr().out
 
 
 # -- the stage runner -------------------------------------------------------------------------------------

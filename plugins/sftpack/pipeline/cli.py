@@ -2,6 +2,7 @@
 
     sftpack run benchmarks/pipelines/tiny_cpu.yaml                   # the embedded default, CPU, offline
     sftpack run benchmarks/pipelines/qwen2.5_1.5b_gpu.yaml --out runs/qwen
+    sftpack run benchmarks/pipelines/qwen2.5_1.5b_gpu_smoke.yaml --offline   # no hub calls: fallbacks at once
     sftpack run benchmarks/pipelines/tiny_cpu.yaml --force train_swift   # redo one stage (and those after it)
 """
 
@@ -20,7 +21,11 @@ def default_out(pipeline_name: str) -> Path:
     return fw.REPO_ROOT / "runs" / "pipelines" / pipeline_name
 
 
-def run_pipeline(path: Path, out: Path | None = None, force: list[str] | None = None) -> dict:
+def run_pipeline(path: Path, out: Path | None = None, force: list[str] | None = None,
+                 offline: bool = False) -> dict:
+    from sftpack.pipeline.offline import go_offline
+
+    reason = go_offline(offline)   # first: before anything in this process imports huggingface_hub or datasets
     from sftpack.pipeline.schema import load_pipeline
     from sftpack.pipeline.stages import run_stages
     from sftpack.pipeline.steps import check_gpu, stages
@@ -29,6 +34,9 @@ def run_pipeline(path: Path, out: Path | None = None, force: list[str] | None = 
     check_gpu(pipeline)
     out = (out or default_out(pipeline.name)).resolve()
     print(f"sftpack run: {pipeline.path} -> {out}", flush=True)
+    if reason:
+        print(f"sftpack run: {reason}: no hub calls; a model or data source that is not on this machine takes its "
+              "fallback (model.build_shape, data.fallback_source) at once", flush=True)
     started = time.monotonic()
     records = run_stages(stages(pipeline), out, force)
     print(f"\nsftpack run: finished in {time.monotonic() - started:.1f} s; report: {out / 'report' / 'report.md'}",
@@ -37,7 +45,7 @@ def run_pipeline(path: Path, out: Path | None = None, force: list[str] | None = 
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    run_pipeline(Path(args.pipeline), Path(args.out) if args.out else None, args.force)
+    run_pipeline(Path(args.pipeline), Path(args.out) if args.out else None, args.force, offline=args.offline)
     return 0
 
 
@@ -48,6 +56,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--force", action="append", metavar="STAGE",
                         help="redo STAGE (model, data, train_llamafactory, train_swift, eval, report) and the stages "
                              "after it; repeatable")
+    parser.add_argument("--offline", action="store_true",
+                        help="no hub calls (sets HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, HF_DATASETS_OFFLINE=1); also on "
+                             "when one of them is already set. Downloads are skipped and the fallbacks taken at once")
     parser.set_defaults(func=_cmd_run)
     return parser
 

@@ -149,6 +149,15 @@ def plot_time_memory(summary: dict[str, Any], path: Path) -> None:
 
 
 # -- markdown ---------------------------------------------------------------------------------------------
+def _tokenizer_line(model: dict[str, Any]) -> list[str]:
+    """The built model's tokenizer, when the pipeline chose one (model.tokenizer)."""
+    if model.get("tokenizer_fallback_reason"):
+        return [f"- tokenizer: the built byte-level one (**fallback**: {model['tokenizer_fallback_reason']})"]
+    if model.get("tokenizer"):
+        return [f"- tokenizer: `{model['tokenizer']}`"]
+    return []
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     model, data, env = summary["model"], summary["data"], summary.get("environment") or {}
     lines = [f"# sftpack run: {summary['pipeline']['name']}", ""]
@@ -161,7 +170,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
                                                   if model.get("requested") else "."), ""]
     lines += ["## What ran", "", f"- pipeline: `{summary['pipeline']['path']}`",
               f"- output folder: `{summary['out']}`",
-              f"- model: `{model['path']}` ({model['source']})",
+              f"- model: `{model['path']}` ({model['source']})"
+              + (f" (**fallback**: {model['fallback_reason']})" if model.get("fallback_reason") else ""),
+              *_tokenizer_line(model),
               f"- data: {data['family']} from `{data['resolved_source']}`: "
               + ", ".join(f"{name} {s['rows']:,} rows" for name, s in data["splits"].items())
               + (f" (**fallback**: {data['fallback_reason']})" if data.get("fallback_reason") else "")]

@@ -2,14 +2,14 @@
 
     name: tiny_cpu
     requires_gpu: false
-    model: {path: null, build_shape: small, seed: 0}
+    model: {path: null, build_shape: small, seed: 0}   # + tokenizer: FOLDER for the built model
     data: {family: gsm8k, source: sample}
     train:
       - {framework: llamafactory, config: train_configs/qwen_full_gsm8k.yaml, overrides: {...}}
       - {framework: swift, config: train_configs/swift/qwen_full_gsm8k.yaml, overrides: {...}}
     eval: {tasks: [gsm8k-local-chat], limit: 40, device: cpu, batch_size: "1"}
 
-Relative paths (configs, local model/data folders) resolve against the repository root, not the current
+Relative paths (configs, local model/data/tokenizer folders) resolve against the repository root, not the current
 directory; errors print the resolved path.
 """
 
@@ -23,6 +23,7 @@ from sftpack import frameworks as fw
 from sftpack.errors import SftpackError
 
 FRAMEWORKS = ("llamafactory", "swift")
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")   # what model.tokenizer's folder must hold
 # Keys the pipeline sets itself in every training command (model, output folder, token counting).
 PIPELINE_KEYS = {"llamafactory": ("model_name_or_path", "output_dir", "include_num_input_tokens_seen"),
                  "swift": ("model", "output_dir", "include_num_input_tokens_seen", "add_version")}
@@ -52,7 +53,9 @@ class ModelSpec:
     path: str | None = None           # local folder or hub id (HuggingFace, then ModelScope); None = build
     build_shape: str | None = "small"  # sftpack tiny-model --shape, used when `path` is None or cannot be had
     seed: int = 0
-    download: bool = False            # try the hubs for `path` when it is not on this machine
+    download: bool = False            # try the hubs for `path` when it is not on this machine (never when offline)
+    tokenizer: str | None = None      # a tokenizer folder for the built model (`sftpack tiny-model --tokenizer`)
+    tokenizer_required: bool = True   # false: an absent `tokenizer` folder -> the built tokenizer, said in the report
 
     def __post_init__(self):
         from sftpack.tiny_model import SHAPES
@@ -62,6 +65,34 @@ class ModelSpec:
                                 f"(one of {sorted(SHAPES)})")
         if self.build_shape is not None and self.build_shape not in SHAPES:
             raise PipelineError(f"model.build_shape {self.build_shape!r}: unknown. Expected one of {sorted(SHAPES)}")
+        if self.tokenizer is not None:
+            self._check_tokenizer()
+
+    def _check_tokenizer(self) -> None:
+        if self.build_shape is None:
+            raise PipelineError(f"model.tokenizer {self.tokenizer!r}: used only when the model is built; give "
+                                "model.build_shape too, or remove model.tokenizer")
+        folder = repo_path(self.tokenizer)
+        if not folder.exists():
+            if self.tokenizer_required:
+                raise PipelineError(
+                    f"model.tokenizer {self.tokenizer!r}: no such folder ({folder}). Write it first (e.g. the GPU "
+                    "kit's prepare step), or set model.tokenizer_required: false to build with the byte-level "
+                    "tokenizer instead")
+            return
+        missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
+        if missing:
+            raise PipelineError(f"model.tokenizer {self.tokenizer!r}: {folder} holds no {' / '.join(missing)}; "
+                                "expected a tokenizer saved by transformers' save_pretrained (Qwen2.5's own folder "
+                                "has both)")
+
+    @property
+    def tokenizer_path(self) -> Path | None:
+        """The resolved `tokenizer` folder when it is there; None when unset or (not required and) absent."""
+        if self.tokenizer is None:
+            return None
+        folder = repo_path(self.tokenizer)
+        return folder if folder.is_dir() else None
 
 
 @dataclass

@@ -18,7 +18,8 @@ from typing import Any
 
 from sftpack import frameworks as fw
 from sftpack.errors import SftpackError
-from sftpack.pipeline.schema import Pipeline, PipelineError, TrainSpec
+from sftpack.pipeline.offline import offline_reason
+from sftpack.pipeline.schema import ModelSpec, Pipeline, PipelineError, TrainSpec, repo_path
 from sftpack.pipeline.stages import Context, Stage
 
 
@@ -52,6 +53,18 @@ def _env(ctx: Context, stage: str, pipeline: Pipeline) -> dict[str, str]:
     return env
 
 
+def train_env(ctx: Context, spec: TrainSpec, pipeline: Pipeline) -> dict[str, str]:
+    """The environment of one training run: offline, caches in the stage folder, and on a GPU `RECORD_VRAM=1`.
+
+    LLaMA-Factory writes `vram_allocated`/`vram_reserved` (torch max counters, GiB) into trainer_log.jsonl only
+    with RECORD_VRAM=1; ms-swift logs `memory(GiB)` by itself and ignores the variable.
+    """
+    env = _env(ctx, spec.stage, pipeline)
+    if pipeline.requires_gpu:
+        env["RECORD_VRAM"] = "1"
+    return env
+
+
 def _logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
     try:
         fw.run_logged(cmd, cwd, env, log)
@@ -82,36 +95,64 @@ def _download(repo_id: str, folder: Path, log: Path) -> tuple[Path | None, str]:
     return None, "; ".join(tried)
 
 
+def _not_found(spec: ModelSpec, offline: str | None) -> str:
+    """Why `spec.path` is not used, said before the fallback is built."""
+    where = "no local folder, no HuggingFace/ModelScope cache entry"
+    if not spec.download:
+        return f"not on this machine ({where}; download: false)"
+    return f"{offline}, so no download was tried ({where})"
+
+
 def model_stage(pipeline: Pipeline):
     def run(ctx: Context) -> dict[str, Any]:
         from sftpack.bench.runner import find_local_model
 
         spec = pipeline.model
         folder = ctx.dir("model")
+        offline = offline_reason()
         why_not = None
         if spec.path:
-            found, source = find_local_model(spec.path)
-            if found is None and spec.download:
+            found, source = find_local_model(spec.path)     # folders and caches only: no network
+            if found is None and spec.download and offline is None:
                 print(f"{spec.path} is not on this machine; trying the HuggingFace hub, then ModelScope", flush=True)
                 found, source = _download(spec.path, folder, folder / "download.log")
                 if found is None:
                     why_not, source = source, None
+            elif found is None:
+                why_not = _not_found(spec, offline)
             if found is not None:
-                return {"path": str(found), "source": source, "random_weights": False, "requested": spec.path}
+                return {"path": str(found), "source": source, "random_weights": False, "requested": spec.path,
+                        "fallback_reason": None}
             if spec.build_shape is None:
-                raise PipelineError(f"model.path {spec.path!r} is not available (no local folder, no cache entry"
-                                    f"{', no download' if spec.download else ''}) and no build_shape is given")
-        built = folder / "weights"
-        cmd = [sys.executable, "-m", "sftpack", "tiny-model", str(built), "--shape", spec.build_shape,
-               "--seed", str(spec.seed)]
-        _logged(cmd, folder, _env(ctx, "model", pipeline), folder / "build.log")
-        note = f"random weights of shape {spec.build_shape!r} (seed {spec.seed}) built offline by `sftpack {' '.join(cmd[3:])}`"
-        if spec.path:
-            note += (f", because {spec.path!r} could not be had ({why_not or 'not on this machine'}). The weights "
-                     "are random: time and memory match the real shape, accuracy is meaningless")
-        return {"path": str(built.resolve()), "source": note, "random_weights": True, "requested": spec.path,
-                "shape": spec.build_shape, "seed": spec.seed}
+                raise PipelineError(f"model.path {spec.path!r} is not available ({why_not}) and no build_shape is "
+                                    "given")
+            print(f"model: FALLBACK: {spec.path!r}: {why_not}; building random weights of shape "
+                  f"{spec.build_shape!r} instead", flush=True)
+        return _build_model(spec, folder, _env(ctx, "model", pipeline), why_not)
     return Stage("model", run, "the base model")
+
+
+def _build_model(spec: ModelSpec, folder: Path, env: dict[str, str], why_not: str | None) -> dict[str, Any]:
+    """Random weights of `spec.build_shape` (with `spec.tokenizer` when it is there), built offline."""
+    tokenizer = spec.tokenizer_path
+    tokenizer_fallback = None
+    if spec.tokenizer and tokenizer is None:
+        tokenizer_fallback = (f"model.tokenizer {spec.tokenizer!r}: no such folder ({repo_path(spec.tokenizer)}; "
+                              "tokenizer_required: false), so the built byte-level tokenizer is used: more tokens "
+                              "per row than the real tokenizer")
+        print(f"model: FALLBACK: {tokenizer_fallback}", flush=True)
+    built = folder / "weights"
+    cmd = [sys.executable, "-m", "sftpack", "tiny-model", str(built), "--shape", spec.build_shape,
+           "--seed", str(spec.seed)] + (["--tokenizer", str(tokenizer)] if tokenizer else [])
+    _logged(cmd, folder, env, folder / "build.log")
+    note = (f"random weights of shape {spec.build_shape!r} (seed {spec.seed}) built offline by "
+            f"`sftpack {' '.join(cmd[3:])}`")
+    if spec.path:
+        note += (f", because {spec.path!r} could not be had ({why_not or 'not on this machine'}). The weights "
+                 "are random: time and memory match the real shape, accuracy is meaningless")
+    return {"path": str(built.resolve()), "source": note, "random_weights": True, "requested": spec.path,
+            "shape": spec.build_shape, "seed": spec.seed, "fallback_reason": why_not,
+            "tokenizer": str(tokenizer) if tokenizer else None, "tokenizer_fallback_reason": tokenizer_fallback}
 
 
 # -- data -------------------------------------------------------------------------------------------------
@@ -119,19 +160,28 @@ def data_stage(pipeline: Pipeline):
     def run(ctx: Context) -> dict[str, Any]:
         from sftpack.convert import prepare
         from sftpack.converters import CONVERTERS
+        from sftpack.sources import is_hub_id
 
         spec = pipeline.data
         source = spec.resolved_source()
         folder = ctx.dir("data")
         fallback_reason = None
+        offline = offline_reason()
+        if offline and is_hub_id(source):
+            if spec.fallback_source is None or is_hub_id(spec.resolved_source(spec.fallback_source)):
+                raise PipelineError(f"data.source {spec.source!r} is a hub id and this run is {offline}; give a "
+                                    "local folder, or a local data.fallback_source (e.g. sample)")
+            fallback_reason = f"{offline}, so the hub id {source!r} was not tried"
+            source = spec.resolved_source(spec.fallback_source)
+            print(f"data: FALLBACK: {fallback_reason}; using data.fallback_source {source}", flush=True)
         try:
             results = prepare(CONVERTERS[spec.family], source, folder / "dataset_info", progress=False)
         except Exception as err:
-            if spec.fallback_source is None:
+            if spec.fallback_source is None or fallback_reason is not None:
                 raise
             fallback_reason = f"{source!r} could not be read ({type(err).__name__}: {str(err)[:300]})"
             source = spec.resolved_source(spec.fallback_source)
-            print(f"{fallback_reason}; using data.fallback_source {source}", flush=True)
+            print(f"data: FALLBACK: {fallback_reason}; using data.fallback_source {source}", flush=True)
             results = prepare(CONVERTERS[spec.family], source, folder / "dataset_info", progress=False)
         for result in results:
             print(result.summary(), flush=True)
@@ -150,9 +200,26 @@ def train_command(spec: TrainSpec, model: Path, output_dir: Path) -> tuple[list[
                      "include_num_input_tokens_seen": "non_padding"}
         return fw.lf_train_cmd(spec.config_path, overrides), overrides
     # Swift parses include_num_input_tokens_seen as a bool (true = all tokens, padding included).
-    overrides = {**spec.overrides, "model": model, "output_dir": output_dir, "include_num_input_tokens_seen": True,
-                 "add_version": False, "external_plugins": [fw.SWIFT_PLUGIN]}
+    overrides = {**swift_local_model(model), **spec.overrides, "model": model, "output_dir": output_dir,
+                 "include_num_input_tokens_seen": True, "add_version": False, "external_plugins": [fw.SWIFT_PLUGIN]}
     return fw.swift_sft_cmd(spec.config_path, overrides), overrides
+
+
+def swift_local_model(model: Path) -> dict[str, Any]:
+    """Swift's flags for a local model folder (the pipeline's model always is one); train.overrides win.
+
+    `check_model: false`: no ModelScope look-up of the folder (network retries). `model_type: qwen2` when the
+    folder's config.json says qwen2 (every model `sftpack tiny-model` builds does): else Swift stops with "Multiple
+    possible types found: ['qwen2', 'qwen2_gte']". Other architectures are left to Swift's detection.
+    """
+    flags: dict[str, Any] = {"check_model": False}
+    try:
+        model_type = json.loads((Path(model) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        model_type = None
+    if model_type == "qwen2":
+        flags["model_type"] = "qwen2"
+    return flags
 
 
 def _number(config: Path, overrides: dict[str, Any], key: str, default: Any) -> Any:
@@ -173,7 +240,7 @@ def train_stage(pipeline: Pipeline, spec: TrainSpec):
         model = Path(ctx.outputs["model"]["path"])
         cmd, overrides = train_command(spec, model, output_dir)
         log_path = folder / "train.log"
-        measured = run_measured(cmd, Path(ctx.outputs["data"]["workdir"]), _env(ctx, spec.stage, pipeline),
+        measured = run_measured(cmd, Path(ctx.outputs["data"]["workdir"]), train_env(ctx, spec, pipeline),
                                 log_path, spec.timeout_s, echo=True)
         if measured.exit_code != 0 or measured.timed_out:
             tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
