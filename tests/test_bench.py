@@ -418,3 +418,30 @@ def test_every_suite_override_is_a_framework_argument():
             keys = set(suite.overrides(run)) | set(harness_overrides(run, Path("m"), Path("o")))
             known = lf_keys if run.framework == "llamafactory" else swift_keys
             assert keys <= known, f"{path.name} {run.name}: {sorted(keys - known)} unknown to {run.framework}"
+
+
+@pytest.mark.integration
+def test_sigint_in_the_background_stops_the_run_in_flight_and_records_it(tmp_path):
+    """A non-interactive shell starts background jobs with SIGINT ignored: the harness must still stop cleanly."""
+    import signal
+    import time
+
+    results = tmp_path / "results"
+    cmd = [PY, "-m", "sftpack", "bench", str(SUITES / "cpu_tiny.yaml"), "--results", str(results), "--work",
+           str(tmp_path / "work"), "--only", "lf_full,swift_full", "--repeats", "1", "--overhead-repeats", "0",
+           "--set", "defaults.llamafactory.max_steps=5000", "--set", "defaults.swift.max_steps=5000",
+           "--set", "defaults.llamafactory.save_steps=5000", "--set", "defaults.swift.save_steps=5000"]
+    proc = subprocess.Popen(cmd, cwd=fw.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(results.glob("cpu_tiny/*/lf_full-r1/stdout.log")):
+        time.sleep(0.5)
+    time.sleep(3)   # the framework is running
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    (session_dir,) = sessions(results / "cpu_tiny")
+    session = read_json(session_dir / "session.json")
+    assert session["interrupted"] and session["runs"][-1]["status"] == "interrupted"
+    stored = read_json(session_dir / "lf_full-r1" / "result.json")
+    assert stored["status"] == "interrupted" and not (session_dir / "swift_full-r1").exists()
