@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from sftpack import frameworks as fw
-from sftpack.bench import fairness, logs, report
+from sftpack.bench import fairness, report
 from sftpack.bench.monitor import Nvml, run_measured
 from sftpack.bench.results import SCHEMA_VERSION, load_session, read_json, sessions, write_json
 from sftpack.bench.suite import SuiteError, load_suite
@@ -64,19 +64,19 @@ def test_unknown_keys_are_errors_listing_the_allowed_ones(tmp_path, where, patch
     patch(data)
     with pytest.raises(SuiteError) as err:
         load_suite(_suite_file(tmp_path, data))
-    assert "unknown key(s) ['colour']" in str(err.value) and "Allowed: [" in str(err.value), where
+    assert "colour: unknown key" in str(err.value) and "expected one of " in str(err.value), where
 
 
 @pytest.mark.parametrize("patch,expected", [
-    (lambda d: d["runs"][0].update(framework="axolotl"), "framework 'axolotl' unknown"),
+    (lambda d: d["runs"][0].update(framework="axolotl"), "runs[0].framework: unknown value (got 'axolotl')"),
     (lambda d: d["runs"][0].update(config="train_configs/nope.yaml"), str(fw.REPO_ROOT / "train_configs/nope.yaml")),
     (lambda d: d["runs"][1].update(framework="llamafactory", config="train_configs/qwen_gsm8k.yaml"),
      "exactly one llamafactory and one swift"),
     (lambda d: d["runs"][0].update(overrides={"output_dir": "x"}), "set by the harness"),
     (lambda d: d["runs"][1].update(name="a"), "run names must be unique"),
-    (lambda d: d.update(model={"build_shape": "gpt5"}), "build_shape 'gpt5' unknown"),
-    (lambda d: d.update(defaults={"presets": ["turbo"]}), "preset 'turbo' unknown"),
-    (lambda d: d.update(fairness="maybe"), "fairness 'maybe' unknown"),
+    (lambda d: d.update(model={"build_shape": "gpt5"}), "model.build_shape: unknown value (got 'gpt5')"),
+    (lambda d: d.update(defaults={"presets": ["turbo"]}), "defaults.presets[0]: unknown value (got 'turbo')"),
+    (lambda d: d.update(fairness="maybe"), "fairness: unknown value (got 'maybe')"),
 ])
 def test_invalid_suites_say_what_to_fix(tmp_path, patch, expected):
     data = _minimal()
@@ -175,7 +175,7 @@ def test_result_json_never_holds_nan_or_infinity(tmp_path):
 
 
 def test_environment_capture_has_versions_hardware_and_git():
-    done = subprocess.run([PY, "-m", "sftpack.bench.environment"], capture_output=True, text=True, check=True)
+    done = subprocess.run([PY, "-m", "sftpack.provenance"], capture_output=True, text=True, check=True)
     env = json.loads(done.stdout)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=fw.REPO_ROOT, capture_output=True, text=True).stdout
     assert env["git"]["sha"] == head.strip() and isinstance(env["git"]["dirty"], bool)
@@ -310,12 +310,9 @@ def test_committed_results_follow_the_schema_and_reparse_from_raw_logs(suite_dir
             assert result["log_tail"], f"{run_dir}: a failed run keeps its log tail"
             continue
         stdout = (run_dir / "stdout.log").read_text()
-        if result["framework"] == "llamafactory":
-            log = logs.parse_lf(run_dir, stdout, on_gpu=result["gpus"] > 0)
-        else:
-            per_step = result["throughput"]["samples_seen"] // result["throughput"]["steps"]
-            log = logs.parse_swift(run_dir, stdout, result["gpus"] > 0, per_step,
-                                   padding_free=result["speed_options"]["packing"])
+        per_step = result["throughput"]["samples_seen"] // result["throughput"]["steps"]
+        log = fw.adapter(result["framework"]).parse_log(run_dir, stdout, result["gpus"] > 0, per_step,
+                                                        padding_free=result["speed_options"]["packing"])
         assert (log.steps, log.final_loss, log.train_runtime_s, log.trainable_params) == \
             (result["throughput"]["steps"], result["final_loss"], result["train_runtime_s"],
              result["trainable_params"])
@@ -410,12 +407,12 @@ def test_every_suite_override_is_a_framework_argument():
     lf_keys = {f.name for cls in (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments,
                                   GeneratingArguments) for f in dataclasses.fields(cls)}
     swift_keys = {f.name for f in dataclasses.fields(SftArguments)}
-    from sftpack.bench.runner import harness_overrides
-
     for path in SHIPPED:
         suite = load_suite(path)
         for run in suite.runs:
-            keys = set(suite.overrides(run)) | set(harness_overrides(run, Path("m"), Path("o")))
+            framework = fw.adapter(run.framework)
+            keys = set(suite.overrides(run)) | set(framework.run_overrides(Path("m"), Path("o"))) \
+                | set(framework.local_model_overrides(Path("m")))
             known = lf_keys if run.framework == "llamafactory" else swift_keys
             assert keys <= known, f"{path.name} {run.name}: {sorted(keys - known)} unknown to {run.framework}"
 

@@ -59,7 +59,7 @@ def test_full_gsm8k_converts_keeps_user_entries_and_is_idempotent(shared_data, o
                                    "columns": {"prompt": "question", "response": "answer"}}
     assert sum(1 for _ in (out / "gsm8k_train.jsonl").open()) == 7473
     assert sum(1 for _ in (out / "gsm8k_test.jsonl").open()) == 1319
-    from sftpack.dataset_info import file_mode
+    from sftpack.artifacts import file_mode
 
     for name in ("dataset_info.json", "gsm8k_train.jsonl"):
         assert (out / name).stat().st_mode & 0o777 == file_mode(), f"{name}: mode as a plain open() gives"

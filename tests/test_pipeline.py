@@ -8,6 +8,7 @@ pipelines' settings, and the default pipeline end to end.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -43,14 +44,14 @@ def test_unknown_keys_are_errors(where, key):
     data = _default()
     target = data if where is None else data["train"][0] if where == "train0" else data[where]
     target[key] = 1
-    with pytest.raises(PipelineError, match=rf"Unknown keys in .*\['{key}'\]\. Expected: "):
+    with pytest.raises(PipelineError, match=rf"{key}: unknown key.*; expected one of "):
         Pipeline.from_dict(data)
 
 
 def test_bad_values_name_the_fix():
     data = _default()
     data["train"][1]["framework"] = "axolotl"
-    with pytest.raises(PipelineError, match="axolotl.*Expected one of"):
+    with pytest.raises(PipelineError, match="axolotl.*expected one of"):
         Pipeline.from_dict(data)
     data = _default()
     data["train"][0]["config"] = "train_configs/nope.yaml"
@@ -88,15 +89,15 @@ def test_model_tokenizer_is_checked_at_load_and_errors_name_key_and_path(tmp_pat
     data = _default()
     data["model"]["tokenizer"] = "runs/no-such-tokenizer-folder"      # relative: resolved against the repo root
     resolved = fw.REPO_ROOT / "runs" / "no-such-tokenizer-folder"
-    with pytest.raises(PipelineError, match=r"model\.tokenizer 'runs/no-such-tokenizer-folder': no such") as info:
+    with pytest.raises(PipelineError, match=r"model\.tokenizer: no such folder \(got 'runs/no-such-tokenizer-folder'") as info:
         Pipeline.from_dict(data)
-    assert f"({resolved})" in str(info.value)
+    assert f"resolved: {resolved}" in str(info.value)
     (tmp_path / "empty").mkdir()
     data["model"]["tokenizer"] = str(tmp_path / "empty")
-    with pytest.raises(PipelineError, match=r"model\.tokenizer .*empty holds no tokenizer_config\.json / tokenizer"):
+    with pytest.raises(PipelineError, match=r"model\.tokenizer: .*empty holds no tokenizer_config\.json / tokenizer"):
         Pipeline.from_dict(data)
     data["model"].update(tokenizer=str(_tokenizer_folder(tmp_path / "tok")), build_shape=None, path="some/model")
-    with pytest.raises(PipelineError, match=r"model\.tokenizer .*used only when the model is built"):
+    with pytest.raises(PipelineError, match=r"model\.tokenizer: used only when the model is built"):
         Pipeline.from_dict(data)
     data["model"].update(build_shape="tiny")
     assert Pipeline.from_dict(data).model.tokenizer_path == tmp_path / "tok"
@@ -134,35 +135,53 @@ def test_gpu_smoke_is_small():
     assert pipeline.eval.limit == 16 and pipeline.eval.gen_kwargs == "max_gen_toks=256"
 
 
+def _job(pipeline, spec, tmp_path, model):
+    from sftpack.pipeline.steps import train_job
+
+    ctx = Context(out=tmp_path, outputs={"model": {"path": str(model)}, "data": {"workdir": str(tmp_path)}},
+                  started=0.0)
+    return train_job(pipeline, spec, ctx)
+
+
 @pytest.mark.parametrize("path", sorted(PIPELINES.glob("*.yaml")), ids=lambda p: p.name)
 def test_swift_gets_model_type_and_no_model_check_on_a_built_model(path, tmp_path):
     """Every Swift command the pipeline builds for a local Qwen2 folder (a built model in particular) pins
     model_type qwen2 (else "Multiple possible types found: ['qwen2', 'qwen2_gte']") and check_model false."""
-    from sftpack.pipeline.steps import train_command
+    from sftpack.training import new_result
 
     model = tmp_path / "weights"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "qwen2"}), encoding="utf-8")
-    spec = next(t for t in load_pipeline(path).train if t.framework == "swift")
+    pipeline = load_pipeline(path)
+    spec = next(t for t in pipeline.train if t.framework == "swift")
     pinned = ("model_type", "check_model")
     for overrides in (spec.overrides, {k: v for k, v in spec.overrides.items() if k not in pinned}):
         spec.overrides = overrides
-        cmd, used = train_command(spec, model, tmp_path / "out")
+        result = new_result(_job(pipeline, spec, tmp_path, model))
+        cmd, used = result.command, result.overrides
         assert used["model_type"] == "qwen2" and used["check_model"] is False
         assert cmd[cmd.index("--model_type") + 1] == "qwen2" and cmd[cmd.index("--check_model") + 1] == "false"
 
 
-def test_gpu_training_env_records_vram(tmp_path):
-    from sftpack.pipeline.steps import train_env
+def test_gpu_training_env_records_vram_and_arms_nvml(tmp_path):
+    from sftpack.training import arm_nvml, environment
 
-    ctx = Context(out=tmp_path, outputs={}, started=0.0)
     gpu = load_pipeline(GPU_SMOKE)
     for spec in gpu.train:
-        env = train_env(ctx, spec, gpu)
-        assert env["RECORD_VRAM"] == "1" and "CUDA_VISIBLE_DEVICES" not in env and env["HF_HUB_OFFLINE"] == "1"
+        job = _job(gpu, spec, tmp_path, tmp_path)
+        env, _ = environment(job)
+        assert job.gpus == 1 and env["HF_HUB_OFFLINE"] == "1"
+        assert env.get("RECORD_VRAM") == ("1" if spec.framework == "llamafactory" else None)   # Swift logs its own
+        assert env["CUDA_VISIBLE_DEVICES"] == os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+        why = arm_nvml(job)   # armed when a GPU is there; here, without one, NVML says why not
+        assert (job.nvml is not None) or ("NVML" in why or "nvidia-ml-py" in why)
+        if job.nvml is not None:
+            job.nvml.close()
     cpu = load_pipeline(DEFAULT)
-    env = train_env(ctx, cpu.train[0], cpu)
-    assert "RECORD_VRAM" not in env and env["CUDA_VISIBLE_DEVICES"] == ""
+    job = _job(cpu, cpu.train[0], tmp_path, tmp_path)
+    env, _ = environment(job)
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and arm_nvml(job) is None and job.nvml is None
+    assert env["RECORD_VRAM"] == "1"   # LLaMA-Factory's adapter sets it always: its figures are null on a CPU
 
 
 # -- offline: no hub call, the declared fallbacks at once --------------------------------------------------
@@ -336,8 +355,10 @@ def test_default_pipeline_end_to_end(tmp_path):
     eval_report = json.loads((out / "eval" / "eval.json").read_text())
     text = (report / "report.md").read_text()
     for framework in ("llamafactory", "swift"):
-        metrics = json.loads((out / f"train_{framework}" / "metrics.json").read_text())
-        assert summary["train"][framework] == metrics
+        result = json.loads((out / f"train_{framework}" / "result.json").read_text())
+        metrics = summary["train"][framework]
+        assert result["final_loss"] == metrics["final_loss"] and result["wall_s"] == metrics["wall_s"]
+        assert metrics["cpu_s"] > 0 and metrics["tokens_per_cpu_s"] > 0
         assert metrics["steps"] == steps and metrics["loss_curve"][-1][0] == steps
         assert metrics["final_loss"] == metrics["loss_curve"][-1][1] < metrics["first_loss"]
         assert metrics["wall_s"] > metrics["train_runtime_s"] > 0
@@ -357,3 +378,149 @@ def test_default_pipeline_end_to_end(tmp_path):
     again = run_pipeline(path, out, force=["report"])
     assert [n for n, r in again.items() if not r["skipped"]] == ["report"]
     assert json.loads((report / "summary.json").read_text())["train"] == summary["train"]
+
+
+# -- stages keyed by their resolved spec (issue 10 part 4) ------------------------------------------------
+def _small_pipeline(folder, max_steps=40, limit=3, **model):
+    """The default pipeline with fewer steps and questions, written to `folder`/pipeline.yaml and loaded."""
+    data = _default()
+    for train in data["train"]:
+        train["overrides"].update(max_steps=max_steps, logging_steps=5)
+    data["eval"].update(limit=limit)
+    data["model"].update(model)
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return load_pipeline(path)
+
+
+def _faked(pipeline, calls: list[str]) -> list[Stage]:
+    """The pipeline's real stages (names, inputs, reads) with runs that only record that they ran."""
+    import dataclasses
+
+    from sftpack.pipeline.steps import stages
+
+    def fake(name):
+        def run(ctx):
+            calls.append(name)
+            return {"ran": name}
+        return run
+    return [dataclasses.replace(s, run=fake(s.name)) for s in stages(pipeline)]
+
+
+def _ran(pipeline, out, capsys) -> tuple[list[str], str]:
+    calls: list[str] = []
+    run_stages(_faked(pipeline, calls), out)
+    return calls, capsys.readouterr().out
+
+
+def test_changed_spec_reruns_that_stage_and_its_readers_unchanged_is_skipped(tmp_path, capsys):
+    from sftpack.pipeline.stages import preview
+
+    out = tmp_path / "out"
+    everything = ["model", "data", "train_llamafactory", "train_swift", "eval", "report"]
+    assert _ran(_small_pipeline(tmp_path), out, capsys)[0] == everything
+    calls, text = _ran(_small_pipeline(tmp_path), out, capsys)
+    assert calls == [] and text.count("unchanged, skipped") == 6
+    done = json.loads((out / "train_llamafactory" / DONE).read_text())
+    assert done["inputs"]["overrides"]["max_steps"] == 40 and set(done["reads"]) == {"model", "data"}
+    assert len(done["key"]) == 64 and done["inputs"]["versions"]["llamafactory"]
+
+    calls, text = _ran(_small_pipeline(tmp_path, max_steps=60), out, capsys)      # both trainings' max_steps
+    assert calls == ["train_llamafactory", "train_swift", "eval", "report"]
+    assert ("train_llamafactory: spec changed (overrides.max_steps: 40 -> 60), re-running it and the stages after "
+            "it that read it (eval, report)") in text
+    assert "eval: train_llamafactory, train_swift changed, re-running it" in text
+    assert text.count("unchanged, skipped") == 2                                   # model, data
+
+    changed = _small_pipeline(tmp_path, max_steps=60, limit=5)
+    assert preview(_faked(changed, []), out) == {"model": None, "data": None, "train_llamafactory": None,
+                                                 "train_swift": None, "eval": "spec changed (limit: 3 -> 5)",
+                                                 "report": "eval changed"}           # --check can say this
+    calls, text = _ran(changed, out, capsys)
+    assert calls == ["eval", "report"] and "eval: spec changed (limit: 3 -> 5)" in text
+    calls, _ = _ran(_small_pipeline(tmp_path, max_steps=60, limit=5, seed=1), out, capsys)
+    assert calls == ["model", "train_llamafactory", "train_swift", "eval", "report"]   # data reads no model
+
+
+def test_old_done_json_without_a_key_counts_as_changed(tmp_path, capsys):
+    out = tmp_path / "out"
+    _ran(_small_pipeline(tmp_path), out, capsys)
+    marker = out / "train_swift" / DONE
+    old = json.loads(marker.read_text())
+    marker.write_text(json.dumps({k: old[k] for k in ("stage", "elapsed_s", "outputs", "finished_utc")}))
+    calls, text = _ran(_small_pipeline(tmp_path), out, capsys)
+    assert calls == ["train_swift", "eval", "report"]
+    assert "train_swift: its done.json has no key (written before stages were keyed), counted as changed" in text
+
+
+def test_key_follows_file_contents_not_names(tmp_path):
+    from sftpack.pipeline.stages import spec_changes, tree_sha256
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jsonl").write_text("1\n")
+    first = tree_sha256(tmp_path / "a")
+    (tmp_path / "a" / "x.jsonl").write_text("2\n")
+    assert tree_sha256(tmp_path / "a") != first
+    assert spec_changes({"o": {"lr": 1, "s": 2}}, {"o": {"lr": 1}, "t": [1]}) == ["o.s: 2 -> (unset)",
+                                                                                  "t: (unset) -> [1]"]
+
+
+# -- no silent fallback (issue 10 part 6) ------------------------------------------------------------------
+def test_mistyped_model_path_without_build_shape_is_an_error_before_training(tmp_path):
+    import dataclasses
+
+    from sftpack.pipeline.steps import stages
+
+    data = _default()
+    data["model"] = {"path": "modles/Qwen2.5-typo", "seed": 0}     # no build_shape: no random weights asked for
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    trained: list[str] = []
+    stage_list = [dataclasses.replace(s, run=lambda ctx, n=s.name: trained.append(n) or {})
+                  if s.name.startswith("train_") else s for s in stages(load_pipeline(path))]
+    started = time.monotonic()
+    with pytest.raises(StageFailed, match=r"stage 'model' failed: .*typo\.yaml: model\.path 'modles/Qwen2\.5-typo' "
+                                          r"cannot be had") as info:
+        run_stages(stage_list, tmp_path / "out")
+    assert time.monotonic() - started < 5 and trained == []
+    message = str(info.value)
+    assert f"resolved folder: {fw.REPO_ROOT / 'modles' / 'Qwen2.5-typo'}" in message
+    assert "`build_shape: SHAPE` under `model:`" in message and not (tmp_path / "out" / "model" / DONE).exists()
+
+
+def test_build_shape_given_in_the_yaml_allows_the_fallback_and_it_is_said(tmp_path, monkeypatch, capsys):
+    from sftpack.pipeline import steps
+
+    monkeypatch.setattr(steps, "_logged", lambda cmd, *a: None)      # no real build: only the decision matters
+    pipeline = _small_pipeline(tmp_path, path="modles/Qwen2.5-typo", build_shape="small")
+    assert steps.requested_build_shape(pipeline) == "small"
+    run_stages([steps.model_stage(pipeline)], tmp_path / "out")
+    assert "model: FALLBACK: 'modles/Qwen2.5-typo': not on this machine" in capsys.readouterr().out
+    assert steps.requested_build_shape(Pipeline.from_dict({**_default(), "model": {"path": "x/y"}})) is None
+    assert steps.requested_build_shape(load_pipeline(DEFAULT)) == "small"           # path: null asks for a build
+
+
+def test_every_allowed_fallback_is_printed_before_the_run_and_bold_in_the_report(monkeypatch, capsys):
+    from sftpack.pipeline.report import fallback_section, fallbacks
+    from sftpack.pipeline.steps import print_fallbacks
+
+    for var in OFFLINE_VARS:
+        monkeypatch.setenv(var, "")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gpu = load_pipeline(GPU)
+    listed = print_fallbacks(gpu)
+    text = capsys.readouterr().out
+    assert [f.key for f in listed] == ["model.build_shape", "model.tokenizer_required", "data.fallback_source",
+                                       "offline"]
+    assert text.startswith("sftpack run: FALLBACKS this pipeline allows")
+    assert "model.path 'Qwen/Qwen2.5-1.5B' -> RANDOM WEIGHTS of shape 'qwen2.5-1.5b'" in text
+    assert "[TAKEN in this run: offline: HF_HUB_OFFLINE=1]" in text
+    model = {"random_weights": True, "fallback_reason": "offline: HF_HUB_OFFLINE=1, so no download was tried",
+             "tokenizer_fallback_reason": None, "offline": "offline: HF_HUB_OFFLINE=1"}
+    section = fallback_section(fallbacks(gpu, model, {"fallback_reason": None, "offline": None}))
+    bold = [line for line in section if line.startswith("- **")]
+    assert len(bold) == 4 and all(line.endswith("**") for line in bold)
+    assert "TAKEN: offline: HF_HUB_OFFLINE=1, so no download was tried**" in bold[0] and "not taken" in bold[2]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")
+    print_fallbacks(load_pipeline(DEFAULT))
+    assert "fallbacks: none" in capsys.readouterr().out

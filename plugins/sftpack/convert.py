@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 from sftpack import dataset_info
+from sftpack.artifacts import file_mode
 from sftpack.converters import ConverterSpec, FieldError
 from sftpack.errors import RowError, SftpackError
 from sftpack.sources import Located, iter_source
@@ -110,7 +111,7 @@ def prepare(spec: ConverterSpec, source: str, out_dir: Path, name: str | None = 
         for split in splits:
             result = SplitResult(dataset=f"{name}_{split}", split=split, file=out_dir / f"{name}_{split}.jsonl")
             fd, tmp = tempfile.mkstemp(prefix=f".{result.file.name}.", suffix=".tmp", dir=out_dir)
-            os.fchmod(fd, dataset_info.file_mode())
+            os.fchmod(fd, file_mode())
             pending.append((Path(tmp), result))
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 convert_split(spec, iter_source(source, spec.hub_subset, split), out, result,

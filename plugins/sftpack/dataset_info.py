@@ -9,11 +9,10 @@ error at write time, listing what is allowed. The key sets below are the ones `g
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from sftpack.artifacts import write_text
 from sftpack.errors import SftpackError
 
 # Where the data comes from: exactly one of these (LLaMA-Factory's precedence: hub > script > cloud > file).
@@ -85,28 +84,6 @@ def load(path: Path) -> dict[str, Any]:
     return data
 
 
-def file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and a rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())  # mkstemp creates 0600; give the mode a plain open() would
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def dumps(entries: Mapping[str, Any]) -> str:
     return json.dumps(entries, indent=2, ensure_ascii=False) + "\n"
 
@@ -117,5 +94,5 @@ def merge(path: Path, new_entries: Mapping[str, Any]) -> dict[str, Any]:
         validate_entry(name, entry, where=str(path))
     entries = load(path)
     entries.update(new_entries)
-    atomic_write_text(path, dumps(entries))
+    write_text(path, dumps(entries))
     return entries

@@ -3,6 +3,7 @@
     sftpack bench benchmarks/suites/cpu_tiny.yaml                 run a suite (results: benchmarks/results/)
     sftpack bench benchmarks/suites/cpu_tiny.yaml --repeats 1 --only lf_lora,swift_lora
     sftpack bench benchmarks/suites/gpu_quick.yaml --plan                 validate, print runs + planned time
+    sftpack bench benchmarks/suites/cpu_tiny.yaml --check                 the same as --plan (as `sftpack run --check`)
     sftpack bench benchmarks/suites/gpu_quick.yaml --deadline-s 420 --timeout-s 150
     sftpack bench report                                          rebuild report.md + PNGs for every suite
     sftpack bench report --suite cpu_tiny --readme benchmarks/README.md
@@ -50,6 +51,9 @@ def build_run_parser(prog: str = "sftpack bench") -> argparse.ArgumentParser:
                              "require it are recorded as skipped with the reason; repeatable")
     parser.add_argument("--plan", action="store_true",
                         help="validate the suite and print the runs with the time its time_model plans; run nothing")
+    parser.add_argument("--check", action="store_true",
+                        help="the same as --plan: validate (every problem with file:line and key), print the plan, "
+                             "run nothing; exit 1 when the suite is invalid")
     return parser
 
 
@@ -92,6 +96,8 @@ def _plan(args: argparse.Namespace, only: list[str] | None) -> int:
     for verdict in fairness.check_suite(suite):
         print(f"fairness {verdict.describe()}")
     print(format_plan(suite, plan_rows(suite, run_plan(suite, runs, args.repeats)), args.deadline_s))
+    if args.check:
+        print(f"sftpack bench --check: {suite.path} is valid; nothing was run")
     return 0
 
 
@@ -101,7 +107,7 @@ def _run(argv: list[str], prog: str) -> int:
 
     args = build_run_parser(prog).parse_args(argv)
     only = [name.strip() for name in args.only.split(",")] if args.only else None
-    if args.plan:
+    if args.plan or args.check:
         return _plan(args, only)
     session_dir, results = run_suite(Path(args.suite), args.results, args.work, repeats=args.repeats, only=only,
                                      overhead_repeats=args.overhead_repeats, keep_outputs=args.keep_outputs,

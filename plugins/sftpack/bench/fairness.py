@@ -18,6 +18,7 @@ from typing import Any
 
 from sftpack import parity
 from sftpack.bench.suite import RunSpec, Suite
+from sftpack.frameworks import adapter
 
 # (LF template, Swift template) pairs that render the same token ids for the shipped configs; checked by
 # rendering in tests/test_config_parity.py. Any other pair of names counts as a difference.
@@ -48,12 +49,14 @@ class PairVerdict:
 
 def merged_config(suite: Suite, run: RunSpec) -> dict[str, Any]:
     """The run's config as the framework sees it, minus the keys the harness sets (model, output_dir)."""
-    return {**parity.load_yaml(run.config_path), **suite.overrides(run)}
+    from sftpack.training import merged_config as merge
+
+    return merge(run.config_path, suite.overrides(run))
 
 
 def normalised(suite: Suite, run: RunSpec) -> dict[str, Any]:
     cfg = merged_config(suite, run)
-    values = parity.normalise_lf(cfg) if run.framework == "llamafactory" else parity.normalise_swift(cfg)
+    values = adapter(run.framework).normalise(cfg)
     batch, accumulation = values["per_device_train_batch_size"], values["gradient_accumulation_steps"]
     world = max(suite.gpus(run), 1)
     values["effective_batch"] = batch * accumulation * world if accumulation is not None else None
@@ -79,20 +82,7 @@ def check_suite(suite: Suite) -> list[PairVerdict]:
 
 def speed_options(suite: Suite, run: RunSpec) -> dict[str, Any]:
     """The speed/memory switches of a run in one vocabulary (recorded, not compared)."""
-    cfg = merged_config(suite, run)
-    if run.framework == "llamafactory":
-        return {"attention": cfg.get("flash_attn", "auto"),
-                "liger_kernel": bool(cfg.get("enable_liger_kernel", False)),
-                "gradient_checkpointing": not cfg.get("disable_gradient_checkpointing", False),
-                "packing": bool(cfg.get("packing") or cfg.get("neat_packing")),
-                "packing_without_cross_attention": bool(cfg.get("neat_packing", False)),
-                "deepspeed": cfg.get("deepspeed"), "fsdp": cfg.get("fsdp")}
-    return {"attention": cfg.get("attn_impl") or "auto",
-            "liger_kernel": bool(cfg.get("use_liger_kernel", False)),
-            "gradient_checkpointing": bool(cfg.get("gradient_checkpointing", True)),
-            "packing": bool(cfg.get("packing", False)),
-            "packing_without_cross_attention": bool(cfg.get("packing", False)),  # Swift packs padding-free
-            "deepspeed": cfg.get("deepspeed"), "fsdp": cfg.get("fsdp")}
+    return adapter(run.framework).speed_options(merged_config(suite, run))
 
 
 def main(argv: list[str] | None = None) -> int:

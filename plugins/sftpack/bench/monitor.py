@@ -65,6 +65,10 @@ class Nvml:
             return None, "NVML sees no GPU"
         return cls(pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]), None
 
+    def device_names(self) -> list[str]:
+        names = [self._nvml.nvmlDeviceGetName(h) for h in self.handles]
+        return [n.decode() if isinstance(n, bytes) else n for n in names]
+
     def device_used_bytes(self) -> int:
         return sum(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self.handles)
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from sftpack.bench.environment import summary_line
+from sftpack.provenance import summary_line
+from sftpack.bench.compare import not_comparable
 from sftpack.bench.results import load_session, sessions
 from sftpack.errors import SftpackError
 
@@ -142,7 +143,15 @@ RATIO_METRICS = [("wall time (s)", "wall_s", 1), ("training-only time (s)", "tra
                  ("MFU (%)", "utilisation.mfu_pct", 1)]
 
 
-def ratio_table(summaries: list[RunSummary], fairness: list[dict]) -> str:
+def _worst_load(summary: RunSummary) -> dict:
+    """The run's result with the highest load around it (the conditions its time figures carry)."""
+    def load(result: dict) -> float:
+        return max([result.get(k) or 0.0 for k in ("load_avg_1m_before", "load_avg_1m_after")])
+
+    return max(summary.ok, key=load) if summary.ok else {}
+
+
+def ratio_table(summaries: list[RunSummary], fairness: list[dict], cores: int | None = None) -> str:
     rows = ["| pair | metric | LF (median) | Swift (median) | Swift / LF |", "|---|---|---|---|---|"]
     for verdict in fairness:
         by_name = {s.run: s for s in summaries}
@@ -154,6 +163,9 @@ def ratio_table(summaries: list[RunSummary], fairness: list[dict]) -> str:
             keys = ", ".join(verdict["differences"])
             rows.append(f"| {label} | NOT COMPARABLE (differs in: {keys}) | | | |")
             continue
+        conditions = [r for r in not_comparable(_worst_load(lf), _worst_load(swift), cores) if "load" in r]
+        if conditions:
+            rows.append(f"| {label} | **NOT COMPARABLE on time: {'; '.join(conditions)}** | | | |")
         for name, path, digits in RATIO_METRICS:
             a, b = lf.median(path), swift.median(path)
             if a is None and b is None:
@@ -242,7 +254,8 @@ def render_section(session: dict, results: list[dict], image_prefix: str | None)
     """The tables (for report.md and the README section)."""
     summaries = summarise(results)
     parts = _session_header(session) + ["", runs_table(summaries, _gpu(results))]
-    ratios = ratio_table(summaries, session.get("fairness") or [])
+    cpu = (session.get("environment") or {}).get("cpu") or {}
+    ratios = ratio_table(summaries, session.get("fairness") or [], cpu.get("usable_cores") or cpu.get("logical_cores"))
     if ratios:
         parts += ["", ratios]
     trouble = problems(results)

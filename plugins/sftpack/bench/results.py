@@ -12,15 +12,14 @@ Units are in key names (`_s`, `_mib`, `_per_s`); unknown values are null, never 
 from __future__ import annotations
 
 import json
-import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sftpack.artifacts import clean, write_json  # noqa: F401  (re-exported: the writer of result.json)
 from sftpack.errors import SftpackError
 
-SCHEMA_VERSION = 2   # 2: `utilisation` (MFU) per run, status `deadline`, session deadline/skip-module keys
+SCHEMA_VERSION = 2   # 2: `utilisation` (MFU), `trained_model`, status `deadline`, session deadline/skip-module keys
 STATUSES = ("ok", "failed", "oom", "timeout", "deadline", "killed", "skipped", "interrupted")
 
 MEMORY_MEASURES = {
@@ -125,6 +124,7 @@ class RunResult:
     harness: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     log_tail: str | None = None          # last lines of stdout.log when the run did not finish ok
+    trained_model: str | None = None     # the folder lm-eval loads (a model, or a LoRA adapter), when ok
     memory_measures: dict = field(default_factory=lambda: dict(MEMORY_MEASURES))
     environment: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -132,27 +132,6 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         return {"schema_version": data.pop("schema_version"), **data}
-
-
-def clean(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> None, Paths -> str, tuples -> lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically (temp file + rename), refusing NaN/inf."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict[str, Any]:

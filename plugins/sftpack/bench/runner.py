@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,15 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from sftpack import frameworks as fw
-from sftpack.bench import fairness, flops, logs
+from sftpack import training
+from sftpack.bench import fairness
 from sftpack.bench.monitor import Measured, Nvml, harness_rss_mib, run_measured
-from sftpack.bench.results import SCHEMA_VERSION, Memory, RunResult, Throughput, Utilisation, write_json
+from sftpack.bench.results import SCHEMA_VERSION, RunResult, write_json
 from sftpack.bench.suite import RunSpec, Suite, SuiteError, load_suite
 from sftpack.errors import SftpackError
+from sftpack.training import TrainJob
 
 DEFAULT_RESULTS = fw.REPO_ROOT / "benchmarks" / "results"
 DEFAULT_WORK = fw.REPO_ROOT / "runs" / "bench"
-LOG_TAIL_LINES = 40
 OVERHEAD_TARGETS = {"wall_pct": 2.0, "memory_mib": 50.0}
 BUILT_MARKER = ".sftpack-bench-built"
 
@@ -54,17 +54,6 @@ def _rel(path: Path) -> str:
         return str(Path(path).resolve().relative_to(fw.REPO_ROOT))
     except ValueError:
         return str(path)
-
-
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
-    return "".join(text.splitlines(True)[-lines:])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- the model and the dataset ------------------------------------------------------------------------------
@@ -146,7 +135,7 @@ def prepare_dataset(suite: Suite, work: Path, env: dict[str, str], log) -> dict[
 
 
 def capture_environment(env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "sftpack.bench.environment"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "sftpack.provenance"], env=env, capture_output=True,
                           text=True, timeout=300)
     if done.returncode != 0:
         raise SftpackError(f"environment capture failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
@@ -174,43 +163,21 @@ class Session:
     unusable: dict = field(default_factory=dict)   # --skip-module NAME=REASON: importable but unusable here
 
 
-def harness_overrides(run: RunSpec, model: Path, output_dir: Path) -> dict[str, Any]:
-    """The keys the harness owns (suite.HARNESS_KEYS)."""
-    if run.framework == "llamafactory":
-        return {"model_name_or_path": model, "output_dir": output_dir,
-                "include_num_input_tokens_seen": "non_padding"}
-    # Swift parses include_num_input_tokens_seen as a bool: true = all tokens (see logs.py).
-    return {"model": model, "output_dir": output_dir, "include_num_input_tokens_seen": True,
-            "external_plugins": [fw.SWIFT_PLUGIN], "add_version": False}
-
-
-def command(session: Session, run: RunSpec, output_dir: Path) -> tuple[list[str], dict[str, Any]]:
-    overrides = {**session.suite.overrides(run), **harness_overrides(run, session.model, output_dir)}
-    build = fw.lf_train_cmd if run.framework == "llamafactory" else fw.swift_sft_cmd
-    return build(run.config_path, overrides), overrides
-
-
-def run_env(session: Session, run: RunSpec, cache: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """(full environment, the part the harness/suite set on top of the caller's)."""
-    gpus = session.suite.gpus(run)
-    extra: dict[str, str] = {}
-    if gpus == 0:
-        extra["CUDA_VISIBLE_DEVICES"] = ""   # a CPU run stays on the CPU even on a GPU machine
-    else:
-        visible = session.base_env.get("CUDA_VISIBLE_DEVICES")
-        ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
-        extra["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:gpus])
-        extra["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    if gpus > 1:
-        extra.update(NPROC_PER_NODE=str(gpus), MASTER_PORT=str(_free_port()))
-        if run.framework == "llamafactory":
-            extra["FORCE_TORCHRUN"] = "1"
-    if run.framework == "llamafactory":
-        extra["RECORD_VRAM"] = "1"
-    extra.update(session.suite.env(run))
-    env = fw.offline_env(cache, base=session.base_env)
-    env.update(extra)
-    return env, extra
+def job(session: Session, run: RunSpec, run_dir: Path, repeat: int = 1, sample: bool = True,
+        scratch: Path | None = None) -> TrainJob:
+    """`run` of the suite as a training-core job (scratch: checkpoints and caches, deleted after the run)."""
+    suite = session.suite
+    scratch = scratch or session.work / run_dir.name
+    devices = (session.environment.get("gpu") or {}).get("devices") or []
+    return TrainJob(framework=run.framework, config=run.config_path, overrides=suite.overrides(run),
+                    model=session.model, output_dir=scratch / "output", cwd=session.work, record_dir=run_dir,
+                    cache=scratch / "cache", gpus=suite.gpus(run),
+                    timeout_s=session.timeout_s if session.timeout_s is not None else suite.timeout_s(run),
+                    deadline=session.deadline, env=suite.env(run), base_env=session.base_env, sample=sample,
+                    interval_s=suite.sample_interval_s, nvml=session.nvml, echo=session.echo,
+                    gpu_name=devices[0]["name"] if devices else None,
+                    identity={"suite": suite.name, "session": session.session_id, "run": run.name,
+                              "repeat": repeat, "group": run.group})
 
 
 def skip_reason(suite: Suite, environment: dict[str, Any], run: RunSpec,
@@ -231,155 +198,28 @@ def skip_reason(suite: Suite, environment: dict[str, Any], run: RunSpec,
     return "; ".join(reasons) or None
 
 
-def _status(measured: Measured, stdout: str, timeout_s: float, by_deadline: bool) -> tuple[str, str | None]:
-    if measured.timed_out and by_deadline:
-        return "deadline", f"stopped at the session deadline (--deadline-s) after {measured.wall_s:.0f} s"
-    if measured.timed_out:
-        return "timeout", f"killed after the run's timeout of {timeout_s:g} s"
-    if measured.exit_code == 0:
-        return "ok", None
-    if logs.looks_like_oom(stdout):
-        return "oom", f"exit {measured.exit_code}: the log reports a CUDA out-of-memory error"
-    if measured.signal_name == "SIGKILL":
-        return "killed", "killed by SIGKILL from outside the harness (often the kernel's OOM killer: host RAM)"
-    if measured.signal_name:
-        return "killed", f"killed by {measured.signal_name}"
-    return "failed", f"exit {measured.exit_code}"
-
-
 def execute(session: Session, run: RunSpec, repeat: int, run_dir: Path, sample: bool = True) -> RunResult:
-    """Run one repeat of `run`, write `run_dir/result.json` and the raw logs; return the result."""
+    """Run one repeat of `run` through the training core; `run_dir/result.json` and the raw logs are written."""
     suite = session.suite
-    verdict = session.verdicts.get(run.group)
-    result = RunResult(suite=suite.name, session=session.session_id, run=run.name, repeat=repeat,
-                       framework=run.framework, group=run.group, status="skipped", config=_rel(run.config_path),
-                       gpus=suite.gpus(run), started_at_utc=_utc_now(), model=session.model_info,
-                       dataset=session.dataset_info, environment=session.environment,
-                       comparable=verdict.comparable if verdict else None,
-                       fairness_differences=verdict.differences if verdict else {},
-                       speed_options=fairness.speed_options(suite, run))
     run_dir.mkdir(parents=True, exist_ok=False)
-    scratch = session.work / run_dir.name
-    output_dir, cache = scratch / "output", scratch / "cache"
+    train_job = job(session, run, run_dir, repeat, sample)
+    result = training.new_result(train_job)
+    verdict = session.verdicts.get(run.group)
+    result.comparable = verdict.comparable if verdict else None
+    result.fairness_differences = verdict.differences if verdict else {}
+    result.config, result.model, result.dataset = _rel(run.config_path), session.model_info, session.dataset_info
+    result.environment = session.environment
     reason = skip_reason(suite, session.environment, run, session.unusable)
     if reason is None and session.deadline is not None and time.monotonic() >= session.deadline:
         reason = "not started: the session deadline (--deadline-s) had passed"
-    try:
-        cmd, overrides = command(session, run, output_dir)
-    except SftpackError as err:  # the framework's CLI is not installed here
-        cmd, overrides = [], {}
-        reason = "; ".join(filter(None, [reason, str(err)]))
-    env, extra_env = run_env(session, run, cache)
-    result.command, result.cwd, result.env_overrides = [str(c) for c in cmd], str(session.work), extra_env
-    result.overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
-    if reason:
-        result.status_detail = reason
+    if reason or not result.command:   # not result.command: the CLI is not installed (new_result says why)
+        result.status_detail = "; ".join(filter(None, [reason, result.status_detail]))
         write_json(run_dir / "result.json", result.to_dict())
         return result
-    timeout_s = session.timeout_s if session.timeout_s is not None else suite.timeout_s(run)
-    limit_s, by_deadline = timeout_s, False
-    if session.deadline is not None and session.deadline - time.monotonic() < timeout_s:
-        limit_s, by_deadline = max(session.deadline - time.monotonic(), 1.0), True
-    nvml = session.nvml if suite.gpus(run) > 0 else None
-    try:
-        measured = run_measured(cmd, session.work, env, run_dir / "stdout.log", limit_s,
-                                interval_s=suite.sample_interval_s, sample=sample, nvml=nvml, echo=session.echo)
-    except KeyboardInterrupt:
-        result.status, result.status_detail = "interrupted", "interrupted (Ctrl-C); the run was killed"
-        result.log_tail = _tail(run_dir / "stdout.log")
-        write_json(run_dir / "result.json", result.to_dict())
-        raise
-    parse_started = time.perf_counter()
-    stdout = (run_dir / "stdout.log").read_text(encoding="utf-8", errors="replace")
-    normalised = fairness.normalised(suite, run)
-    world = max(suite.gpus(run), 1)
-    per_step = (normalised["per_device_train_batch_size"] * normalised["gradient_accumulation_steps"] * world
-                if normalised["gradient_accumulation_steps"] is not None else None)
-    on_gpu = suite.gpus(run) > 0
-    if run.framework == "llamafactory":
-        log = logs.parse_lf(output_dir, stdout, on_gpu)
-    else:
-        padding_free = bool(result.speed_options.get("packing") or overrides.get("padding_free"))
-        log = logs.parse_swift(output_dir, stdout, on_gpu, per_step, padding_free)
-    for name in logs.RAW_LOGS[run.framework]:
-        if (output_dir / name).is_file():
-            shutil.copy2(output_dir / name, run_dir / name)
-    parse_s = time.perf_counter() - parse_started
-
-    result.status, result.status_detail = _status(measured, stdout, timeout_s, by_deadline)
-    result.exit_code = measured.exit_code
-    result.wall_s = measured.wall_s
-    result.cpu_user_s, result.cpu_system_s = measured.cpu_user_s, measured.cpu_system_s
-    result.load_avg_1m_before, result.load_avg_1m_after = measured.load_avg_1m_before, measured.load_avg_1m_after
-    result.train_runtime_s = log.train_runtime_s
-    sampler = measured.sampler
-    result.memory = Memory(
-        peak_rss_largest_process_mib=measured.peak_rss_largest_process_mib,
-        peak_pss_tree_mib=sampler.get("peak_pss_tree_mib"),
-        peak_rss_sum_tree_mib=sampler.get("peak_rss_sum_tree_mib"),
-        max_tree_processes=sampler.get("max_tree_processes"),
-        peak_gpu_tree_nvml_mib=sampler.get("peak_gpu_tree_nvml_mib"),
-        peak_gpu_device_used_nvml_mib=sampler.get("peak_gpu_device_used_nvml_mib"),
-        gpu_device_used_baseline_nvml_mib=sampler.get("gpu_device_used_baseline_nvml_mib"),
-        peak_gpu_torch_reserved_mib=log.torch_peak_reserved_mib,
-        peak_gpu_torch_allocated_mib=log.torch_peak_allocated_mib)
-    runtime = log.train_runtime_s
-    result.throughput = Throughput(
-        steps=log.steps, max_steps=log.max_steps,
-        samples_seen=per_step * log.steps if per_step and log.steps else None,
-        samples_per_s=log.samples_per_s, tokens_seen=log.tokens_seen, tokens_counted=log.tokens_counted,
-        tokens_per_s=log.tokens_seen / runtime if log.tokens_seen and runtime else None,
-        non_padding_tokens=log.non_padding_tokens,
-        non_padding_tokens_per_s=log.non_padding_tokens / runtime if log.non_padding_tokens and runtime else None,
-        non_padding_tokens_source=log.non_padding_tokens_source)
-    result.final_loss, result.train_loss_mean, result.loss_curve = log.final_loss, log.train_loss_mean, log.loss_curve
-    result.trainable_params, result.total_params = log.trainable_params, log.total_params
-    result.trainable_percent, result.params_source = log.trainable_percent, log.params_source
-    result.utilisation = utilisation(session, result, full=normalised["method"] == "full")
-    result.warnings = list(log.warnings) + ([f"the sampler hit {sampler['errors']} NVML errors"]
-                                            if sampler.get("errors") else [])
-    result.harness = {"sampled": sample, "sample_interval_s": suite.sample_interval_s,
-                      "samples": sampler.get("samples"), "pss_samples": sampler.get("pss_samples"),
-                      "pss_budget_of_one_core": sampler.get("pss_budget_of_one_core"),
-                      "sampler_cpu_s": sampler.get("cpu_s"),
-                      "parse_s": parse_s, "harness_process_peak_rss_mib": harness_rss_mib(),
-                      "timeout_s": timeout_s}
-    if result.status != "ok":
-        result.log_tail = _tail(run_dir / "stdout.log")
-    if measured.timeline:
-        _write_timeline(run_dir / "memory_timeline.csv", measured.timeline)
-    write_json(run_dir / "result.json", result.to_dict())
+    result = training.run_training(train_job, result)
     if not session.keep_outputs:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(train_job.output_dir.parent, ignore_errors=True)
     return result
-
-
-def utilisation(session: Session, result: RunResult, full: bool) -> Utilisation:
-    """MFU of a GPU run (sftpack.bench.flops); every figure None on a CPU or when an input is unknown."""
-    util = Utilisation(formula=flops.FORMULA)
-    config_path = session.model / "config.json"
-    if result.gpus == 0 or not config_path.is_file():
-        return util
-    devices = (session.environment.get("gpu") or {}).get("devices") or []
-    util.peak_flops_per_s, util.peak_source = flops.gpu_peak_bf16(devices[0]["name"] if devices else None)
-    util.matmul_params = flops.matmul_params(json.loads(config_path.read_text(encoding="utf-8")))
-    if full or result.trainable_params is not None:
-        util.model_flops_per_token = flops.train_flops_per_token(util.matmul_params, result.trainable_params, full)
-    tokens_per_s = result.throughput.non_padding_tokens_per_s
-    util.mfu = flops.mfu(util.model_flops_per_token, tokens_per_s, util.peak_flops_per_s)
-    if util.mfu is not None and util.peak_flops_per_s:
-        util.mfu_tokens = result.throughput.non_padding_tokens_source
-        util.model_tflops_per_s = util.model_flops_per_token * tokens_per_s / 1e12
-    return util
-
-
-def _write_timeline(path: Path, timeline: list) -> None:
-    def mib(value):
-        return "" if value is None else f"{value / 1024 ** 2:.1f}"
-
-    rows = ["t_s,pss_tree_mib,rss_sum_tree_mib,processes,gpu_tree_nvml_mib,gpu_device_used_nvml_mib"]
-    rows += [f"{t:.3f},{mib(pss)},{mib(rss)},{n},{mib(gt)},{mib(gd)}" for t, pss, rss, n, gt, gd in timeline]
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
 # -- overhead --------------------------------------------------------------------------------------------------
@@ -395,10 +235,10 @@ def measure_overhead(session: Session, run: RunSpec, repeats: int, out: Path) ->
                 continue
             run_dir = out / f"bare-r{i}"
             scratch = session.work / f"overhead-bare-r{i}"
-            cmd, _ = command(session, run, scratch / "output")
-            env, _ = run_env(session, run, scratch / "cache")
-            bare.append(run_measured(cmd, session.work, env, run_dir / "stdout.log", session.suite.timeout_s(run),
-                                     sample=False))
+            bare_job = job(session, run, run_dir, i, sample=False, scratch=scratch)
+            env, _ = training.environment(bare_job)
+            bare.append(run_measured(training.new_result(bare_job).command, session.work, env,
+                                     run_dir / "stdout.log", bare_job.timeout_s, sample=False))
             shutil.rmtree(scratch, ignore_errors=True)
     pairs = [(b, h) for b, h in zip(bare, harnessed) if b.exit_code == 0 and h.status == "ok"]
     if not pairs:

@@ -1,7 +1,9 @@
-"""Benchmark suite schema: small dataclasses read from `benchmarks/suites/*.yaml`; unknown keys are errors.
+"""Benchmark suite schema: small dataclasses read from `benchmarks/suites/*.yaml`, checked by sftpack.spec before
+any work (types, ranges, choices, unknown keys, config files, LoRA keys, step counts; every problem at once, each
+naming file:line and key; a `--set` value says `--set`).
 
     from sftpack.bench.suite import load_suite
-    suite = load_suite("benchmarks/suites/cpu_tiny.yaml")
+    suite = load_suite("benchmarks/suites/cpu_tiny.yaml")   # `sftpack bench SUITE --check` prints its plan
 
 A suite names a model, a dataset and a list of runs. Each run is one framework CLI (`llamafactory` or `swift`)
 on one shipped config (`train_configs/...`) plus overrides. Overrides are merged in this order: the presets
@@ -15,56 +17,26 @@ run's working folder, not the repo). Runs sharing a `group` are one comparison p
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from sftpack import frameworks as fw
-from sftpack.errors import SftpackError
+from sftpack import spec
+from sftpack.spec import At, key
 
-FRAMEWORKS = ("llamafactory", "swift")
+FRAMEWORKS = fw.FRAMEWORKS
 FAIRNESS_MODES = ("refuse", "mark")
 # Named override sets, one dict per framework; the values live in sftpack.frameworks (one source of truth).
 PRESETS: dict[str, dict[str, Mapping[str, Any]]] = {
-    "tiny_cpu": {"llamafactory": fw.TINY_CPU_LF, "swift": fw.TINY_CPU_SWIFT},
+    "tiny_cpu": {name: adapter.tiny_cpu for name, adapter in fw.ADAPTERS.items()},
 }
-# Keys the harness sets itself for every run (see runner.harness_overrides).
-HARNESS_KEYS = {
-    "llamafactory": ("model_name_or_path", "output_dir", "include_num_input_tokens_seen"),
-    "swift": ("model", "output_dir", "include_num_input_tokens_seen", "external_plugins", "add_version"),
-}
+# Keys the training core sets itself for every run (each adapter's harness_keys).
+HARNESS_KEYS = {name: adapter.harness_keys for name, adapter in fw.ADAPTERS.items()}
 
 
-class SuiteError(SftpackError):
-    """A suite file is invalid; the message names the file, the entry and the fix."""
-
-
-def _from_mapping(cls, data: Any, where: str):
-    """Build dataclass `cls` from a YAML mapping; unknown keys raise, listing the allowed ones."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise SuiteError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
-    allowed = [f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise SuiteError(f"{where}: unknown key(s) {unknown}. Allowed: {allowed}")
-    try:
-        return cls(**data, _where=where)
-    except TypeError as err:  # a missing required key
-        raise SuiteError(f"{where}: {err}. Allowed keys: {allowed}") from None
-
-
-def _check_type(where: str, key: str, value: Any, types: tuple, hint: str) -> None:
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        raise SuiteError(f"{where}: '{key}' must be {hint}, got {value!r}")
-
-
-def _check_timeout(where: str, value: Any) -> None:
-    _check_type(where, "timeout_s", value, (int, float), "seconds > 0 (a number)")
-    if value <= 0:
-        raise SuiteError(f"{where}: 'timeout_s' must be seconds > 0, got {value!r}")
+class SuiteError(spec.SpecError):
+    """A suite file is invalid; the message names the file, the line, the key and the fix."""
 
 
 def _substitute(value: Any) -> Any:
@@ -76,27 +48,37 @@ def _substitute(value: Any) -> Any:
     return value
 
 
+def _shapes() -> list[str]:
+    from sftpack.tiny_model import SHAPES
+
+    return sorted(SHAPES)
+
+
+def _families() -> list[str]:
+    from sftpack.converters import CONVERTERS
+
+    return sorted(CONVERTERS)
+
+
+NAME_PATTERN = r"[A-Za-z0-9_.-]+"   # a run's name names its result folder
+Scalar = str | int | float | bool    # an environment variable's value (written as a string)
+
+
 @dataclass
 class ModelSpec:
     """The model every run trains. `path` when it exists offline, else built with sftpack.tiny_model."""
 
     path: str | None = None          # a local folder or a hub id looked up in this machine's HF/ModelScope cache
-    build_shape: str | None = None   # sftpack.tiny_model.SHAPES key; random weights, built offline
-    seed: int = 0
+    build_shape: str | None = key(None, choices=_shapes)   # sftpack.tiny_model.SHAPES key; random weights, offline
+    seed: int = key(0, ge=0)
     tokenizer: str | None = None     # tokenizer folder for the built model (default: the tiny GSM8K-trained one)
-    _where: str = field(default="model", repr=False)
+    _at: At | None = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        from sftpack.tiny_model import SHAPES
-
+    def check(self, at: At) -> None:
         if self.path is None and self.build_shape is None:
-            raise SuiteError(f"{self._where}: give 'path' (a local folder or hub id), 'build_shape' "
-                             f"(one of {sorted(SHAPES)}), or both (build_shape is used when path is unavailable)")
-        if self.build_shape is not None and self.build_shape not in SHAPES:
-            raise SuiteError(f"{self._where}: build_shape {self.build_shape!r} unknown. Expected: {sorted(SHAPES)}")
-        _check_type(self._where, "seed", self.seed, (int,), "an integer")
-        if self.tokenizer is not None:
-            _check_type(self._where, "tokenizer", self.tokenizer, (str,), "a folder path")
+            at.error("nothing to train", expected=f"'path' (a local folder or hub id), 'build_shape' (one of "
+                                                  f"{_shapes()}), or both (build_shape is used when path is "
+                                                  "unavailable)")
 
     def tokenizer_path(self) -> Path | None:
         """The tokenizer folder, resolved against the repo root; None = the tiny model's own tokenizer."""
@@ -106,27 +88,22 @@ class ModelSpec:
         return path if path.is_absolute() else (fw.REPO_ROOT / path).resolve()
 
     def check_tokenizer(self) -> None:
-        """The tokenizer folder must exist before a model is built with it (checked before any run)."""
+        """The tokenizer folder must exist before a model is built with it (checked before any run, not at load:
+        a fresh clone has no GPU-kit tokenizer yet)."""
         path = self.tokenizer_path()
         if path is not None and not (path / "tokenizer_config.json").is_file():
-            raise SuiteError(f"{self._where}.tokenizer {self.tokenizer!r}: no tokenizer folder at "
-                             f"{path} (no tokenizer_config.json). The GPU kit's tokenizer is built by "
-                             "`python benchmarks/gpu/prepare.py`")
+            at = (self._at or spec.nowhere("model"))["tokenizer"]
+            at.fail(SuiteError, "no tokenizer folder (no tokenizer_config.json)", self.tokenizer,
+                    "a tokenizer folder; the GPU kit's is built by `python benchmarks/gpu/prepare.py`",
+                    note=f"resolved: {path}")
 
 
 @dataclass
 class DatasetSpec:
     """What `sftpack prepare FAMILY --source SOURCE` writes into the run folder's dataset_info/."""
 
-    family: str = "gsm8k"
+    family: str = key("gsm8k", choices=_families)
     source: str = "sample"           # 'sample' = the sample shipped in the package; else a local file/folder
-    _where: str = field(default="dataset", repr=False)
-
-    def __post_init__(self) -> None:
-        from sftpack.converters import CONVERTERS
-
-        if self.family not in CONVERTERS:
-            raise SuiteError(f"{self._where}: family {self.family!r} unknown. Expected: {sorted(CONVERTERS)}")
 
     def resolved_source(self) -> str:
         if self.source == "sample":
@@ -141,66 +118,39 @@ class DatasetSpec:
 class Defaults:
     """Values every run starts from."""
 
-    presets: list = field(default_factory=list)
-    llamafactory: dict = field(default_factory=dict)
-    swift: dict = field(default_factory=dict)
-    env: dict = field(default_factory=dict)
-    repeats: int = 1
-    timeout_s: float = 1800.0
-    gpus: int = 0
-    requires: list = field(default_factory=list)
-    _where: str = field(default="defaults", repr=False)
-
-    def __post_init__(self) -> None:
-        for name in self.presets:
-            if name not in PRESETS:
-                raise SuiteError(f"{self._where}: preset {name!r} unknown. Expected: {sorted(PRESETS)}")
-        for key in ("llamafactory", "swift", "env"):
-            _check_type(self._where, key, getattr(self, key), (dict,), "a mapping")
-        _check_type(self._where, "repeats", self.repeats, (int,), "an integer >= 1")
-        _check_type(self._where, "gpus", self.gpus, (int,), "an integer >= 0")
-        _check_timeout(self._where, self.timeout_s)
+    presets: list[str] = key(factory=list, choices=lambda: sorted(PRESETS))
+    llamafactory: dict[str, Any] = key(factory=dict)
+    swift: dict[str, Any] = key(factory=dict)
+    env: dict[str, Scalar] = key(factory=dict)
+    repeats: int = key(1, ge=1)
+    timeout_s: float = key(1800.0, gt=0, hint="seconds")
+    gpus: int = key(0, ge=0)
+    requires: list[str] = key(factory=list, hint="importable Python module names")
 
 
 @dataclass
 class RunSpec:
     """One benchmark run: a framework CLI on a shipped config plus overrides, repeated `repeats` times."""
 
-    name: str
-    framework: str
-    config: str
+    name: str = key(pattern=NAME_PATTERN, hint="letters, digits, '_', '-', '.': it names the result folder")
+    framework: str = key(choices=FRAMEWORKS)
+    config: str = key(hint="a framework config YAML, relative to the repository root")
     group: str | None = None
-    overrides: dict = field(default_factory=dict)
-    env: dict = field(default_factory=dict)
-    repeats: int | None = None       # None: defaults.repeats
-    timeout_s: float | None = None   # None: defaults.timeout_s
-    gpus: int | None = None          # GPUs the run uses; > 1 launches NPROC_PER_NODE=gpus processes
-    requires: list | None = None     # importable Python modules; a run missing one is recorded as skipped
-    _where: str = field(default="runs[]", repr=False)
+    overrides: dict[str, Any] = key(factory=dict)
+    env: dict[str, Scalar] = key(factory=dict)
+    repeats: int | None = key(None, ge=1)     # None: defaults.repeats
+    timeout_s: float | None = key(None, gt=0, hint="seconds")   # None: defaults.timeout_s
+    gpus: int | None = key(None, ge=0)        # GPUs the run uses; > 1 launches NPROC_PER_NODE=gpus processes
+    requires: list[str] | None = key(None, hint="importable Python module names")   # missing one: run skipped
 
-    def __post_init__(self) -> None:
-        _check_type(self._where, "name", self.name, (str,), "a string")
-        if not self.name.replace("_", "").replace("-", "").replace(".", "").isalnum():
-            raise SuiteError(f"{self._where}: name {self.name!r} must be letters, digits, '_', '-', '.' "
-                             "(it names the result folder)")
-        if self.framework not in FRAMEWORKS:
-            raise SuiteError(f"{self._where}: framework {self.framework!r} unknown. Expected: {list(FRAMEWORKS)}")
+    def check(self, at: At) -> None:
         if not self.config_path.is_file():
-            raise SuiteError(f"{self._where}: config {self.config!r} not found (resolved against the repo root: "
-                             f"{self.config_path})")
-        for key in ("overrides", "env"):
-            _check_type(self._where, key, getattr(self, key), (dict,), "a mapping")
-        for key in ("repeats", "gpus"):
-            if getattr(self, key) is not None:
-                _check_type(self._where, key, getattr(self, key), (int,), "an integer")
-        if self.timeout_s is not None:
-            _check_timeout(self._where, self.timeout_s)
-        if self.requires is not None:
-            _check_type(self._where, "requires", self.requires, (list,), "a list of Python module names")
-        owned = sorted(set(self.overrides) & set(HARNESS_KEYS[self.framework]))
-        if owned:
-            raise SuiteError(f"{self._where}: {owned} are set by the harness for every run; remove them "
-                             f"(harness-owned keys for {self.framework}: {list(HARNESS_KEYS[self.framework])})")
+            at["config"].error("no such file", self.config, "a framework config YAML, relative to the repository root",
+                               note=f"resolved: {self.config_path}")
+        for name in sorted(set(self.overrides) & set(HARNESS_KEYS[self.framework])):
+            at["overrides", name].error("set by the harness for every run; remove it",
+                                        expected=f"none of the harness-owned keys for {self.framework}: "
+                                                 f"{list(HARNESS_KEYS[self.framework])}")
 
     @property
     def config_path(self) -> Path:
@@ -212,82 +162,68 @@ class RunSpec:
 class OverheadSpec:
     """Measure the harness's own cost: run `run`'s command bare and under the harness, alternately."""
 
-    run: str
-    repeats: int = 2
-    _where: str = field(default="overhead", repr=False)
-
-    def __post_init__(self) -> None:
-        _check_type(self._where, "repeats", self.repeats, (int,), "an integer >= 0")
+    run: str = key(hint="the name of a run")
+    repeats: int = key(2, ge=0)
 
 
 @dataclass
 class TimeModel:
     """What `sftpack bench SUITE --plan` assumes to plan a suite's time (sftpack.bench.flops.planned_run_s)."""
 
-    peak_tflops: float               # the GPU's dense bf16 peak
-    assumed_mfu: float               # share of the peak the training loop reaches (a guess until measured)
-    tokens_per_sample: float         # mean tokens per training row as the configs render it
-    startup_s: float                 # per run: imports, model load, tokenising (no training)
-    save_gb_per_s: float = 1.0       # writing a full model (bf16: 2 bytes per parameter)
-    liger_compile_s: float = 0.0     # Triton compilation of Liger's kernels, per run that uses them
-    setup_s: float = 0.0             # once per suite outside `bench` (e.g. the GPU kit's install + model build)
-    _where: str = field(default="time_model", repr=False)
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            if not f.name.startswith("_"):
-                _check_type(self._where, f.name, getattr(self, f.name), (int, float), "a number >= 0")
-                if getattr(self, f.name) < 0:
-                    raise SuiteError(f"{self._where}: '{f.name}' must be >= 0, got {getattr(self, f.name)!r}")
-        if not 0 < self.assumed_mfu <= 1 or self.peak_tflops <= 0 or self.tokens_per_sample <= 0:
-            raise SuiteError(f"{self._where}: need 0 < assumed_mfu <= 1, peak_tflops > 0, tokens_per_sample > 0")
+    peak_tflops: float = key(gt=0)            # the GPU's dense bf16 peak
+    assumed_mfu: float = key(gt=0, le=1)      # share of the peak the training loop reaches (a guess until measured)
+    tokens_per_sample: float = key(gt=0)      # mean tokens per training row as the configs render it
+    startup_s: float = key(ge=0)              # per run: imports, model load, tokenising (no training)
+    save_gb_per_s: float = key(1.0, gt=0)     # writing a full model (bf16: 2 bytes per parameter)
+    liger_compile_s: float = key(0.0, ge=0)   # Triton compilation of Liger's kernels, per run that uses them
+    setup_s: float = key(0.0, ge=0)           # once per suite outside `bench` (e.g. the GPU kit's install + build)
 
 
 @dataclass
 class Suite:
     """A benchmark suite file (see the module docstring)."""
 
-    runs: list
-    model: Any
-    dataset: Any = None
-    name: str | None = None
+    runs: list[RunSpec] = key()
+    model: ModelSpec = key()
+    dataset: DatasetSpec = key(factory=DatasetSpec)
+    name: str | None = key(None, pattern=NAME_PATTERN)   # default: the file's name
     description: str = ""
-    defaults: Any = None
-    fairness: str = "refuse"         # refuse: stop before running an unfair pair; mark: run, flag not comparable
-    sample_interval_s: float = 0.2   # memory sampling period of the process tree (and NVML on GPU)
-    overhead: Any = None
-    time_model: Any = None           # TimeModel: lets `--plan` estimate the suite's time before running it
-    _where: str = field(default="suite", repr=False)
+    defaults: Defaults = key(factory=Defaults)
+    fairness: str = key("refuse", choices=FAIRNESS_MODES)   # refuse: stop before an unfair pair; mark: run, flag it
+    sample_interval_s: float = key(0.2, gt=0, hint="seconds")   # memory sampling period (and NVML on GPU)
+    overhead: OverheadSpec | None = None
+    time_model: TimeModel | None = None       # lets `--plan` estimate the suite's time before running it
     path: Path | None = field(default=None, init=False)
 
-    def __post_init__(self) -> None:
-        where = self._where
-        self.model = _from_mapping(ModelSpec, self.model, f"{where}: model")
-        self.dataset = _from_mapping(DatasetSpec, self.dataset, f"{where}: dataset")
-        self.defaults = _from_mapping(Defaults, self.defaults, f"{where}: defaults")
-        if self.fairness not in FAIRNESS_MODES:
-            raise SuiteError(f"{where}: fairness {self.fairness!r} unknown. Expected: {list(FAIRNESS_MODES)}")
-        _check_type(where, "sample_interval_s", self.sample_interval_s, (int, float), "seconds > 0")
-        if not isinstance(self.runs, list) or not self.runs:
-            raise SuiteError(f"{where}: 'runs' must be a non-empty list of runs")
-        self.runs = [_from_mapping(RunSpec, run, f"{where}: runs[{i}]"
-                                   + (f" ({run.get('name')})" if isinstance(run, Mapping) else ""))
-                     for i, run in enumerate(self.runs)]
+    def check(self, at: At) -> None:
+        if not self.runs:
+            at["runs"].error("empty", self.runs, "a non-empty list of runs")
         names = [run.name for run in self.runs]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise SuiteError(f"{where}: run names must be unique; repeated: {duplicates}")
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                at["runs", index, "name"].error("run names must be unique; repeated", name, "a new name")
         for group, members in self.groups().items():
             frameworks = sorted(run.framework for run in members)
             if frameworks != sorted(FRAMEWORKS):
-                raise SuiteError(f"{where}: group {group!r} must hold exactly one llamafactory and one swift run "
-                                 f"(a comparison pair); it holds {[(r.name, r.framework) for r in members]}")
-        if self.time_model is not None:
-            self.time_model = _from_mapping(TimeModel, self.time_model, f"{where}: time_model")
-        if self.overhead is not None:
-            self.overhead = _from_mapping(OverheadSpec, self.overhead, f"{where}: overhead")
-            if self.overhead.run not in names:
-                raise SuiteError(f"{where}: overhead.run {self.overhead.run!r} is not a run. Runs: {names}")
+                index = self.runs.index(members[-1])
+                at["runs", index, "group"].error(
+                    "a group must hold exactly one llamafactory and one swift run (a comparison pair)", group,
+                    f"one run of each framework; it holds {[(r.name, r.framework) for r in members]}")
+        if self.overhead is not None and self.overhead.run not in names:
+            at["overhead", "run"].error("not a run of this suite", self.overhead.run,
+                                        spec.one_of(names, self.overhead.run))
+        for index, run in enumerate(self.runs):
+            if run.config_path.is_file():
+                spec.training_rules(run.framework, run.config_path, self.overrides(run),
+                                    lambda name, i=index, r=run: at[self._set_by(i, r, name)])
+
+    def _set_by(self, index: int, run: RunSpec, name: str) -> tuple:
+        """The key path that gives `run` its override `name` (the run, then defaults, then a preset)."""
+        if name in run.overrides:
+            return ("runs", index, "overrides", name)
+        if name in getattr(self.defaults, run.framework):
+            return ("defaults", run.framework, name)
+        return ("defaults", "presets")
 
     # -- resolved values ---------------------------------------------------------------------------------
     def run(self, name: str) -> RunSpec:
@@ -335,51 +271,51 @@ def _unshared(value: Any) -> Any:
     return value
 
 
-def apply_sets(data: dict, sets: list[str], where: str) -> dict:
+def apply_sets(data: dict, sets: list[str], where: str, doc: spec.Doc | None = None) -> dict:
     """`--set KEY.PATH=VALUE` overrides on a suite's raw mapping (VALUE read as YAML), before validation.
 
     `--set defaults.gpus=0 --set model.build_shape=tiny --set 'defaults.presets=[tiny_cpu]'`. A path runs
     through mappings only (runs are a list: change them in the file); missing mappings on the way are created.
+    With `doc`, the values set are marked so that errors about them say `--set` instead of a line.
     """
     import yaml
 
     for item in sets:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key_path, sep, raw = item.partition("=")
+        if not sep or not key_path.strip():
             raise SuiteError(f"{where}: --set {item!r}: expected KEY.PATH=VALUE, e.g. defaults.gpus=0")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             raise SuiteError(f"{where}: --set {item!r}: the value is not valid YAML: {err}") from None
         node = data
-        parts = key.strip().split(".")
+        parts = key_path.strip().split(".")
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+                if doc is not None:
+                    doc.mark_set(tuple(parts[:depth + 1]))
             if not isinstance(child, dict):
                 raise SuiteError(f"{where}: --set {item!r}: {'.'.join(parts[:depth + 1])} is a "
                                  f"{type(child).__name__}, not a mapping")
             node = child
         node[parts[-1]] = value
+        if doc is not None:
+            doc.mark_set(tuple(parts))
     return data
 
 
 def load_suite(path: str | Path, sets: list[str] | None = None) -> Suite:
-    """Read and validate a suite YAML (after `--set` overrides); errors name the file."""
-    import yaml
-
+    """Read and check a suite YAML (after `--set` overrides); every problem is raised at once, naming file:line."""
     path = Path(path)
     if not path.is_file():
         raise SuiteError(f"suite file not found: {path} (resolved: {path.resolve()})")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise SuiteError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, Mapping):
-        raise SuiteError(f"{path}: expected a mapping at the top level")
-    data = apply_sets(_unshared(data), list(sets or []), str(path))
-    data.setdefault("name", path.stem)
-    suite = _from_mapping(Suite, data, str(path))
+    doc = spec.load(path, SuiteError)
+    data = doc.data
+    if isinstance(data, Mapping):
+        data = apply_sets(_unshared(data), list(sets or []), str(path), doc)
+        data.setdefault("name", path.stem)
+    suite = spec.build(Suite, data, doc, SuiteError)
     suite.path = path.resolve()
     return suite

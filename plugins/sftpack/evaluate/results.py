@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sftpack.answer import ANSWER_RE, extract_answer
+from sftpack.artifacts import write_text
 from sftpack.errors import SftpackError
 
 SCHEMA_VERSION = 1
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: schema_version {report.get('schema_version')}, expected {SCHEMA_VERSION}", file=sys.stderr)
         return 1
     out = path.with_suffix(".md")
-    out.write_text(render_markdown(report), encoding="utf-8")
+    write_text(out, render_markdown(report))
     print(out)
     return 0
 

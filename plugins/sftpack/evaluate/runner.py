@@ -21,11 +21,11 @@ import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Mapping
 
 from sftpack import frameworks as fw
+from sftpack.artifacts import write_json, write_text
 from sftpack.errors import SftpackError
 from sftpack.evaluate import results as res
 from sftpack.evaluate.models import EvalModel, plan, vllm_max_lora_rank
@@ -122,24 +122,10 @@ def lm_eval_command(model: EvalModel, settings: Settings, output_path: Path, num
     return cmd + list(settings.extra_args)
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib_metadata.version(package)
-    except importlib_metadata.PackageNotFoundError:
-        return None
-
-
 def environment() -> dict[str, Any]:
     """Library versions, machine and the sftpack git commit, stored beside every report."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(fw.REPO_ROOT), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
+    from sftpack.provenance import git_sha, versions
 
-    sha = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain")
     gpu = None
     if shutil.which("nvidia-smi"):
         try:
@@ -149,12 +135,12 @@ def environment() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             gpu = None
     return {
-        "git_sha": (sha + ("-dirty" if dirty else "")) if sha else None,
+        "git_sha": git_sha(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "gpu": gpu,
-        **{name.replace("-", "_"): _version(name)
-           for name in ("lm-eval", "torch", "transformers", "peft", "accelerate", "vllm", "datasets")},
+        **{name.replace("-", "_"): version for name, version in
+           versions("lm-eval", "torch", "transformers", "peft", "accelerate", "vllm", "datasets").items()},
     }
 
 
@@ -215,6 +201,6 @@ def run_eval(model: str, tuned: list[str], out: Path, settings: Settings, includ
         "wall_s": round(time.monotonic() - started, 2),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "eval.md").write_text(res.render_markdown(report), encoding="utf-8")
+    write_json(out / "eval.json", report, ensure_ascii=False)
+    write_text(out / "eval.md", res.render_markdown(report))
     return report

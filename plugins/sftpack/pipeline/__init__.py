@@ -1,8 +1,10 @@
 """Pipelines: one command from data to a report (`sftpack run PIPELINE.yaml`).
 
-schema.py  the pipeline YAML as dataclasses (unknown keys are errors)
-stages.py  stage runner: outputs + done-markers, skip finished stages, --force STAGE, stop on failure
-steps.py   the stages: model, data, train_<framework> (measured by sftpack.bench), eval (sftpack eval), report
+schema.py  the pipeline YAML as typed dataclasses checked by sftpack.spec (file:line errors, before any work)
+stages.py  stage runner: done-markers keyed by each stage's resolved inputs (an unchanged stage is skipped, a
+           changed one re-runs with the stages that read it, and says why), --force STAGE, stop on failure
+steps.py   the stages: model, data, train_<framework> (sftpack.training, as bench), eval (sftpack eval), report;
+           the fallbacks a pipeline allows, printed before the first stage
 report.py  report.md, summary.json and PNG plots, rebuilt from the stage outputs
 offline.py whether the run may reach the hubs (HF_HUB_OFFLINE & co., --offline): one helper decides
 cli.py     `add_parser(subparsers)` for `sftpack run`

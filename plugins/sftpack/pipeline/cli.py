@@ -1,6 +1,7 @@
-"""`sftpack run PIPELINE.yaml [--out DIR] [--force STAGE]`: data -> both frameworks -> eval -> report.
+"""`sftpack run PIPELINE.yaml [--out DIR] [--force STAGE] [--check]`: data -> both frameworks -> eval -> report.
 
     sftpack run benchmarks/pipelines/tiny_cpu.yaml                   # the embedded default, CPU, offline
+    sftpack run benchmarks/pipelines/tiny_cpu.yaml --check           # validate + print the stages, run nothing
     sftpack run benchmarks/pipelines/qwen2.5_1.5b_gpu.yaml --out runs/qwen
     sftpack run benchmarks/pipelines/qwen2.5_1.5b_gpu_smoke.yaml --offline   # no hub calls: fallbacks at once
     sftpack run benchmarks/pipelines/tiny_cpu.yaml --force train_swift   # redo one stage (and those after it)
@@ -25,18 +26,16 @@ def run_pipeline(path: Path, out: Path | None = None, force: list[str] | None = 
                  offline: bool = False) -> dict:
     from sftpack.pipeline.offline import go_offline
 
-    reason = go_offline(offline)   # first: before anything in this process imports huggingface_hub or datasets
+    go_offline(offline)   # first: before anything in this process imports huggingface_hub or datasets
     from sftpack.pipeline.schema import load_pipeline
     from sftpack.pipeline.stages import run_stages
-    from sftpack.pipeline.steps import check_gpu, stages
+    from sftpack.pipeline.steps import check_gpu, print_fallbacks, stages
 
     pipeline = load_pipeline(path)
     check_gpu(pipeline)
     out = (out or default_out(pipeline.name)).resolve()
     print(f"sftpack run: {pipeline.path} -> {out}", flush=True)
-    if reason:
-        print(f"sftpack run: {reason}: no hub calls; a model or data source that is not on this machine takes its "
-              "fallback (model.build_shape, data.fallback_source) at once", flush=True)
+    print_fallbacks(pipeline)   # every fallback the spec allows (offline included), before the first stage
     started = time.monotonic()
     records = run_stages(stages(pipeline), out, force)
     print(f"\nsftpack run: finished in {time.monotonic() - started:.1f} s; report: {out / 'report' / 'report.md'}",
@@ -44,7 +43,26 @@ def run_pipeline(path: Path, out: Path | None = None, force: list[str] | None = 
     return records
 
 
+def check_pipeline(path: Path, out: Path | None = None) -> int:
+    """Validate a pipeline file (every problem at once, naming file:line and key) and print its stages; run nothing.
+    GPU presence is not checked here: `requires_gpu: true` is checked when the pipeline runs."""
+    from sftpack.pipeline.schema import load_pipeline
+    from sftpack.pipeline.steps import stages
+
+    pipeline = load_pipeline(path)
+    out = (out or default_out(pipeline.name)).resolve()
+    print(f"sftpack run --check: {pipeline.path} is valid; nothing was run")
+    print(f"  name: {pipeline.name}; requires_gpu: {str(pipeline.requires_gpu).lower()}; out: {out}")
+    plan = stages(pipeline)
+    width = max(len(stage.name) for stage in plan)
+    for number, stage in enumerate(plan, 1):
+        print(f"  {number}. {stage.name:<{width}}  {stage.what}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.check:
+        return check_pipeline(Path(args.pipeline), Path(args.out) if args.out else None)
     run_pipeline(Path(args.pipeline), Path(args.out) if args.out else None, args.force, offline=args.offline)
     return 0
 
@@ -59,6 +77,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--offline", action="store_true",
                         help="no hub calls (sets HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, HF_DATASETS_OFFLINE=1); also on "
                              "when one of them is already set. Downloads are skipped and the fallbacks taken at once")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the pipeline (types, ranges, unknown keys, config files, eval task names, "
+                             "LoRA keys, step counts; every problem with file:line) and print its stages; run nothing")
     parser.set_defaults(func=_cmd_run)
     return parser
 

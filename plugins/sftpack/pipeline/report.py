@@ -18,18 +18,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sftpack.bench.compare import not_comparable
+from sftpack.bench.results import read_json
 from sftpack.pipeline.schema import Pipeline
 from sftpack.pipeline.stages import DONE, Context
 
 SCHEMA_VERSION = 1
 EVAL_METRICS = ("exact_match", "format_rate")
 TIME_MEMORY = [  # (summary key, column title, digits)
-    ("wall_s", "wall s (process)", 1), ("train_runtime_s", "training loop s", 1),
+    ("wall_s", "wall s (process)", 1), ("train_runtime_s", "training loop s", 1), ("cpu_s", "CPU s", 1),
+    ("tokens_per_cpu_s", "tokens per CPU-s", 0),
     ("peak_rss_largest_process_mib", "peak RSS MiB (largest process)", 0),
     ("peak_pss_tree_mib", "peak PSS MiB (process tree)", 0),
     ("peak_gpu_torch_reserved_mib", "peak GPU MiB (torch reserved)", 0),
     ("tokens_per_s", "tokens/s", 0), ("samples_per_s", "samples/s", 2), ("steps", "steps", 0),
-    ("load_avg_1m_before", "load avg 1 min before", 2),
+    ("load_avg_1m_before", "load avg 1 min before", 2), ("load_avg_1m_after", "after", 2),
 ]
 
 
@@ -42,7 +45,7 @@ def _num(value: Any, digits: int) -> str:
 
 
 def environment() -> dict[str, Any] | None:
-    done = subprocess.run([sys.executable, "-m", "sftpack.bench.environment"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "sftpack.provenance"], capture_output=True, text=True,
                           timeout=300, check=False)
     return json.loads(done.stdout) if done.returncode == 0 else None
 
@@ -59,6 +62,42 @@ def eval_values(eval_report: dict[str, Any]) -> dict[str, dict[str, float | None
     return values
 
 
+def train_summary(result: dict[str, Any], log: Path) -> dict[str, Any]:
+    """The figures the report shows of one training (sftpack.training's result.json), flat."""
+    memory, throughput = result["memory"], result["throughput"]
+    cpu = (result["cpu_user_s"] or 0) + (result["cpu_system_s"] or 0) if result.get("cpu_user_s") is not None else None
+    tokens = throughput.get("non_padding_tokens") or throughput.get("tokens_seen")
+    return {
+        "command": result["command"], "log": str(log), "trained_model": result.get("trained_model"),
+        "wall_s": result["wall_s"], "train_runtime_s": result["train_runtime_s"], "cpu_s": cpu,
+        "tokens_per_cpu_s": tokens / cpu if tokens and cpu else None,
+        "load_avg_1m_before": result["load_avg_1m_before"], "load_avg_1m_after": result["load_avg_1m_after"],
+        "peak_rss_largest_process_mib": memory["peak_rss_largest_process_mib"],
+        "peak_pss_tree_mib": memory["peak_pss_tree_mib"],
+        "peak_gpu_torch_reserved_mib": memory["peak_gpu_torch_reserved_mib"],
+        "peak_gpu_tree_nvml_mib": memory["peak_gpu_tree_nvml_mib"], "mfu": (result.get("utilisation") or {}).get("mfu"),
+        "steps": throughput["steps"], "samples_per_s": throughput["samples_per_s"],
+        "tokens_per_s": throughput["tokens_per_s"], "tokens_counted": throughput["tokens_counted"],
+        "non_padding_tokens_per_s": throughput["non_padding_tokens_per_s"],
+        "first_loss": result["loss_curve"][0][1] if result["loss_curve"] else None,
+        "final_loss": result["final_loss"], "loss_curve": result["loss_curve"],
+        "trainable_params": result["trainable_params"], "total_params": result["total_params"],
+        "trainable_percent": result["trainable_percent"], "params_source": result["params_source"],
+    }
+
+
+def fallbacks(pipeline: Pipeline, model: dict[str, Any], data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every fallback the pipeline allows, with the reason it was taken in this run (None: not taken)."""
+    from sftpack.pipeline.steps import allowed_fallbacks
+
+    offline = model.get("offline") or data.get("offline")     # as recorded when the stages ran
+    taken = {"model.build_shape": model.get("random_weights") and model.get("fallback_reason"),
+             "model.tokenizer_required": model.get("tokenizer_fallback_reason"),
+             "data.fallback_source": data.get("fallback_reason"), "offline": offline}
+    return [{"key": f.key, "text": f.text, "taken": taken.get(f.key) or None}
+            for f in allowed_fallbacks(pipeline, offline=offline)]
+
+
 def build_summary(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
     out = ctx.out
     stages = {}
@@ -67,20 +106,27 @@ def build_summary(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
         if marker.is_file():
             record = json.loads(marker.read_text(encoding="utf-8"))
             stages[record["stage"]] = {"elapsed_s": record["elapsed_s"], "finished_utc": record["finished_utc"]}
-    train = {t.framework: json.loads(Path(ctx.outputs[t.stage]["metrics"]).read_text(encoding="utf-8"))
-             for t in pipeline.train}
+    results = {t.framework: read_json(Path(ctx.outputs[t.stage]["result"])) for t in pipeline.train}
+    train = {t.framework: train_summary(results[t.framework], Path(ctx.outputs[t.stage]["result"]).with_name(
+        "stdout.log")) for t in pipeline.train}
+    env = environment()
+    cores = ((env or {}).get("cpu") or {}).get("usable_cores")
+    pairs = list(results.values())
+    comparability = not_comparable(pairs[0], pairs[1], cores) if len(pairs) == 2 else []
     eval_report = json.loads(Path(ctx.outputs["eval"]["eval_json"]).read_text(encoding="utf-8"))
     return {
         "schema_version": SCHEMA_VERSION,
         "pipeline": {"name": pipeline.name, "path": pipeline.path, "description": pipeline.description},
         "out": str(out),
         "model": ctx.outputs["model"], "data": ctx.outputs["data"],
+        "fallbacks": fallbacks(pipeline, ctx.outputs["model"], ctx.outputs["data"]),
         "train": train,
         "eval": {"settings": eval_report["settings"], "base_label": eval_report["base_label"],
                  "values": eval_values(eval_report), "eval_json": ctx.outputs["eval"]["eval_json"]},
         "stages": stages,
         "stages_wall_s": round(sum(s["elapsed_s"] for s in stages.values()), 1),
-        "environment": environment(),
+        "not_comparable": comparability,
+        "environment": env,
     }
 
 
@@ -158,6 +204,18 @@ def _tokenizer_line(model: dict[str, Any]) -> list[str]:
     return []
 
 
+def fallback_section(allowed: list[dict[str, Any]]) -> list[str]:
+    """Every fallback the pipeline allowed, in bold, each saying whether this run took it."""
+    if not allowed:
+        return ["## Fallbacks", "", "None allowed: the model and the data are the ones the pipeline names.", ""]
+    lines = ["## Fallbacks", "", ("**What this pipeline allows in place of what it names; a taken one changed "
+                                  "what ran:**"), ""]
+    for f in allowed:
+        state = f"TAKEN: {f['taken']}" if f["taken"] else "not taken"
+        lines.append(f"- **{f['key']}: {f['text']} -- {state}**")
+    return lines + [""]
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     model, data, env = summary["model"], summary["data"], summary.get("environment") or {}
     lines = [f"# sftpack run: {summary['pipeline']['name']}", ""]
@@ -168,6 +226,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                   "Time and memory are those of its shape; accuracy numbers measure only what training on this "
                   "data taught a random model" + (" and say nothing about the requested model."
                                                   if model.get("requested") else "."), ""]
+    lines += fallback_section(summary.get("fallbacks", []))
     lines += ["## What ran", "", f"- pipeline: `{summary['pipeline']['path']}`",
               f"- output folder: `{summary['out']}`",
               f"- model: `{model['path']}` ({model['source']})"
@@ -208,6 +267,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 cells.append("—" if b is None or v is None else f"{v - b:+.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![eval](eval.png)", "", "## Training: loss, time and memory", "",
+              *([f"**NOT COMPARABLE on time: {'; '.join(summary['not_comparable'])}.** The figures below were "
+                 "measured under different conditions; do not read their ratio as a framework difference.", ""]
+                if summary.get("not_comparable") else []),
               "| framework | first loss | final loss | " + " | ".join(t for _, t, _ in TIME_MEMORY)
               + " | trainable / total params | trainable % |",
               "|---" + "|---:" * (4 + len(TIME_MEMORY)) + "|"]

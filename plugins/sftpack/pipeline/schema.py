@@ -1,4 +1,5 @@
-"""The pipeline YAML, as small dataclasses; unknown keys are errors that name the expected ones.
+"""The pipeline YAML as small dataclasses, checked by sftpack.spec before any work: types, ranges, choices, unknown
+keys, config files, eval task names, LoRA keys and step counts. Errors name file:line and key, all at once.
 
     name: tiny_cpu
     requires_gpu: false
@@ -9,38 +10,32 @@
       - {framework: swift, config: train_configs/swift/qwen_full_gsm8k.yaml, overrides: {...}}
     eval: {tasks: [gsm8k-local-chat], limit: 40, device: cpu, batch_size: "1"}
 
-Relative paths (configs, local model/data/tokenizer folders) resolve against the repository root, not the current
-directory; errors print the resolved path.
+`sftpack run PIPELINE --check` validates a file and prints its stages without running them. Relative paths
+(configs, local model/data/tokenizer folders) resolve against the repository root, not the current directory;
+errors print the resolved path.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import functools
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sftpack import frameworks as fw
-from sftpack.errors import SftpackError
+from sftpack import spec
+from sftpack.spec import At, key
 
-FRAMEWORKS = ("llamafactory", "swift")
+FRAMEWORKS = fw.FRAMEWORKS
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"   # a pipeline's name names its output folder
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")   # what model.tokenizer's folder must hold
 # Keys the pipeline sets itself in every training command (model, output folder, token counting).
-PIPELINE_KEYS = {"llamafactory": ("model_name_or_path", "output_dir", "include_num_input_tokens_seen"),
-                 "swift": ("model", "output_dir", "include_num_input_tokens_seen", "add_version")}
+PIPELINE_KEYS = {name: adapter.harness_keys for name, adapter in fw.ADAPTERS.items()}
 
 
-class PipelineError(SftpackError):
+class PipelineError(spec.SpecError):
     """A pipeline YAML that cannot run as written."""
-
-
-def _build(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise PipelineError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
-    known = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise PipelineError(f"Unknown keys in {where}: {unknown}. Expected: {known}")
-    return cls(**data)
 
 
 def repo_path(value: str) -> Path:
@@ -48,43 +43,50 @@ def repo_path(value: str) -> Path:
     return path if path.is_absolute() else fw.REPO_ROOT / path
 
 
+def _shapes() -> list[str]:
+    from sftpack.tiny_model import SHAPES
+
+    return sorted(SHAPES)
+
+
+def _families() -> list[str]:
+    from sftpack.converters import CONVERTERS
+
+    return sorted(CONVERTERS)
+
+
 @dataclass
 class ModelSpec:
     path: str | None = None           # local folder or hub id (HuggingFace, then ModelScope); None = build
-    build_shape: str | None = "small"  # sftpack tiny-model --shape, used when `path` is None or cannot be had
-    seed: int = 0
+    build_shape: str | None = key(None, choices=_shapes)   # random weights of this shape (`sftpack tiny-model`):
+    #                                 when `path` is None, or as the declared fallback when `path` cannot be had
+    seed: int = key(0, ge=0)
     download: bool = False            # try the hubs for `path` when it is not on this machine (never when offline)
     tokenizer: str | None = None      # a tokenizer folder for the built model (`sftpack tiny-model --tokenizer`)
     tokenizer_required: bool = True   # false: an absent `tokenizer` folder -> the built tokenizer, said in the report
 
-    def __post_init__(self):
-        from sftpack.tiny_model import SHAPES
-
+    def check(self, at: At) -> None:
         if self.path is None and self.build_shape is None:
-            raise PipelineError("model: give `path` (a folder or hub id) or `build_shape` "
-                                f"(one of {sorted(SHAPES)})")
-        if self.build_shape is not None and self.build_shape not in SHAPES:
-            raise PipelineError(f"model.build_shape {self.build_shape!r}: unknown. Expected one of {sorted(SHAPES)}")
+            at.error("nothing to train", expected=f"`path` (a folder or hub id) or `build_shape` (one of {_shapes()})")
         if self.tokenizer is not None:
-            self._check_tokenizer()
+            self._check_tokenizer(at["tokenizer"])
 
-    def _check_tokenizer(self) -> None:
+    def _check_tokenizer(self, at: At) -> None:
         if self.build_shape is None:
-            raise PipelineError(f"model.tokenizer {self.tokenizer!r}: used only when the model is built; give "
-                                "model.build_shape too, or remove model.tokenizer")
+            at.error("used only when the model is built", self.tokenizer,
+                     "model.build_shape set too, or no model.tokenizer")
+            return
         folder = repo_path(self.tokenizer)
         if not folder.exists():
             if self.tokenizer_required:
-                raise PipelineError(
-                    f"model.tokenizer {self.tokenizer!r}: no such folder ({folder}). Write it first (e.g. the GPU "
-                    "kit's prepare step), or set model.tokenizer_required: false to build with the byte-level "
-                    "tokenizer instead")
+                at.error("no such folder", self.tokenizer, note=f"resolved: {folder}", expected=
+                         "a tokenizer folder: write it first (e.g. the GPU kit's prepare step), or set "
+                         "model.tokenizer_required: false to build with the byte-level tokenizer instead")
             return
         missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
         if missing:
-            raise PipelineError(f"model.tokenizer {self.tokenizer!r}: {folder} holds no {' / '.join(missing)}; "
-                                "expected a tokenizer saved by transformers' save_pretrained (Qwen2.5's own folder "
-                                "has both)")
+            at.error(f"{folder} holds no {' / '.join(missing)}", self.tokenizer,
+                     "a tokenizer saved by transformers' save_pretrained (Qwen2.5's own folder has both)")
 
     @property
     def tokenizer_path(self) -> Path | None:
@@ -97,15 +99,9 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    family: str = "gsm8k"             # a converter of `sftpack prepare`
+    family: str = key("gsm8k", choices=_families)   # a converter of `sftpack prepare`
     source: str = "sample"            # "sample" = the rows shipped in the package; else a folder or hub id
     fallback_source: str | None = None  # used (and said in the report) when `source` cannot be read, e.g. no hub
-
-    def __post_init__(self):
-        from sftpack.converters import CONVERTERS
-
-        if self.family not in CONVERTERS:
-            raise PipelineError(f"data.family {self.family!r}: unknown. Expected one of {sorted(CONVERTERS)}")
 
     def resolved_source(self, source: str | None = None) -> str:
         source = self.source if source is None else source
@@ -119,22 +115,20 @@ class DataSpec:
 
 @dataclass
 class TrainSpec:
-    framework: str
-    config: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    timeout_s: float = 3600.0
+    framework: str = key(choices=FRAMEWORKS)
+    config: str = key(hint="a framework config YAML, relative to the repository root")
+    overrides: dict[str, Any] = key(factory=dict)
+    timeout_s: float = key(3600.0, gt=0, hint="seconds")
 
-    def __post_init__(self):
-        if self.framework not in FRAMEWORKS:
-            raise PipelineError(f"train.framework {self.framework!r}: unknown. Expected one of {list(FRAMEWORKS)}")
+    def check(self, at: At) -> None:
+        for name in sorted(set(self.overrides) & set(PIPELINE_KEYS[self.framework])):
+            at["overrides", name].error("set by the pipeline itself; remove it",
+                                        expected=f"none of {list(PIPELINE_KEYS[self.framework])}")
         if not self.config_path.is_file():
-            raise PipelineError(f"train.config {self.config!r}: no such file ({self.config_path})")
-        if not isinstance(self.overrides, dict):
-            raise PipelineError(f"train.overrides of {self.framework}: expected a mapping, got {self.overrides!r}")
-        owned = sorted(set(self.overrides) & set(PIPELINE_KEYS[self.framework]))
-        if owned:
-            raise PipelineError(f"train.overrides of {self.framework}: {owned} are set by the pipeline itself; "
-                                "remove them")
+            at["config"].error("no such file", self.config, "a framework config YAML, relative to the repository root",
+                               note=f"resolved: {self.config_path}")
+            return
+        spec.training_rules(self.framework, self.config_path, self.overrides, lambda name: at["overrides", name])
 
     @property
     def config_path(self) -> Path:
@@ -147,58 +141,118 @@ class TrainSpec:
 
 @dataclass
 class EvalSpec:
-    tasks: list[str] = field(default_factory=lambda: ["gsm8k-local-chat"])
-    limit: int | None = 40            # questions per task; None = the whole test split
+    tasks: list[str] = key(factory=lambda: ["gsm8k-local-chat"], hint="task names of eval_tasks/ or lm-eval")
+    limit: int | None = key(40, ge=1, hint="questions per task; null = the whole test split")
     device: str = "cpu"
-    batch_size: str = "1"
+    batch_size: str | int = key("1", hint='an integer, "auto" or "auto:N"')
     dtype: str | None = None
     gen_kwargs: str | None = None     # lm-eval --gen_kwargs, e.g. "max_gen_toks=64"
+
+    def check(self, at: At) -> None:
+        if not self.tasks:
+            at["tasks"].error("empty", self.tasks, "at least one task name, e.g. [gsm8k-local-chat]")
+        if not re.fullmatch(r"auto(:[0-9]+)?|[1-9][0-9]*", str(self.batch_size)):   # what lm-eval --batch_size takes
+            at["batch_size"].error("invalid", self.batch_size, 'an integer >= 1, "auto" or "auto:N"')
+        unknown, known = unknown_tasks(self.tasks)
+        for index, name in enumerate(self.tasks):
+            if name in unknown:
+                hint = spec.suggest(name, list(_declared_tasks()))
+                at["tasks", index].error("unknown eval task", name, f"a task of {fw.EVAL_TASKS} ({known}) or an "
+                                         "lm-eval built-in task" + (f"; {hint}" if hint else ""))
 
 
 @dataclass
 class Pipeline:
-    name: str
-    model: ModelSpec
-    data: DataSpec
-    train: list[TrainSpec]
-    eval: EvalSpec
+    name: str = key(pattern=NAME_PATTERN, hint="letters, digits, '_', '-', '.': it names the output folder")
+    model: ModelSpec = key()
+    train: list[TrainSpec] = key(hint="one entry per framework")
+    data: DataSpec = key(factory=DataSpec)
+    eval: EvalSpec = key(factory=EvalSpec)
     requires_gpu: bool = False
     description: str = ""
-    path: str | None = None           # the YAML it was read from (set by load_pipeline)
+    path: str | None = key(None, internal=True)   # the YAML it was read from (set by load_pipeline)
 
-    def __post_init__(self):
+    def check(self, at: At) -> None:
         names = [t.framework for t in self.train]
         if not names or len(set(names)) != len(names):
-            raise PipelineError(f"train: give each framework once (of {list(FRAMEWORKS)}); got {names}")
+            at["train"].error("give each framework once", names, f"one entry for each of {list(FRAMEWORKS)}")
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "pipeline") -> Pipeline:
-        if not isinstance(data, dict):
-            raise PipelineError(f"{where}: expected a mapping at the top level")
-        known = ["name", "description", "requires_gpu", "model", "data", "train", "eval"]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise PipelineError(f"Unknown keys in {where}: {unknown}. Expected: {known}")
-        missing = [k for k in ("name", "model", "train") if k not in data]
-        if missing:
-            raise PipelineError(f"{where}: missing {missing}")
-        train = data["train"]
-        if not isinstance(train, list):
-            raise PipelineError(f"{where}: train must be a list of {{framework, config, overrides}}")
-        return cls(name=str(data["name"]), description=str(data.get("description", "")),
-                   requires_gpu=bool(data.get("requires_gpu", False)),
-                   model=_build(ModelSpec, data["model"], f"{where}: model"),
-                   data=_build(DataSpec, data.get("data", {}), f"{where}: data"),
-                   train=[_build(TrainSpec, t, f"{where}: train[{i}]") for i, t in enumerate(train)],
-                   eval=_build(EvalSpec, data.get("eval", {}), f"{where}: eval"))
+    def from_dict(cls, data: Any, where: str = "pipeline", doc: spec.Doc | None = None) -> Pipeline:
+        """Build and check a pipeline from its mapping; `doc` (from spec.load) gives errors their line numbers."""
+        return spec.build(cls, data, doc or spec.Doc(where, data), PipelineError)
+
+
+_DECLARED = re.compile(r"^(task|group):[ \t]*([^\s#'\"]+)[ \t]*(?:#.*)?$", re.MULTILINE)
+
+
+@functools.lru_cache(maxsize=1)
+def _declared_tasks() -> dict[str, tuple[str, str]]:
+    """Task and group names declared in eval_tasks/**.yaml -> ("task" or "group", the folder declaring it), read as
+    text (no lm-eval import: a valid file is checked in milliseconds)."""
+    names: dict[str, tuple[str, str]] = {}
+    root = Path(fw.EVAL_TASKS)
+    for path in sorted(root.rglob("*.yaml")):
+        for kind, name in _DECLARED.findall(path.read_text(encoding="utf-8", errors="replace")):
+            names.setdefault(name, (kind, path.parent.relative_to(root).as_posix()))
+    return names
+
+
+def _tasks_text() -> str:
+    """The tasks of eval_tasks/ in a line: the top-level ones, and each sub-folder's group with its task count."""
+    declared = _declared_tasks()
+    top = sorted(name for name, (_, folder) in declared.items() if folder == ".")
+    groups = []
+    for folder in sorted({folder for _, folder in declared.values() if folder != "."}):
+        inside = {name: kind for name, (kind, where) in declared.items() if where == folder}
+        tasks = sum(kind == "task" for kind in inside.values())
+        groups += [f"{name} (group of {tasks} tasks in {folder}/)" for name, kind in inside.items() if kind == "group"]
+    return ", ".join(top + sorted(groups))
+
+
+def _mentioned(names: list[str], folder: Path | None) -> set[str]:
+    """Which of `names` occur anywhere in the YAML files under `folder` (a text search: no parsing, no import)."""
+    found: set[str] = set()
+    for path in sorted(folder.rglob("*.yaml")) if folder is not None and folder.is_dir() else ():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        found.update(name for name in names if name in text)
+        if len(found) == len(names):
+            break
+    return found
+
+
+@functools.lru_cache(maxsize=32)
+def _unknown_tasks(names: tuple[str, ...]) -> tuple[frozenset[str], str]:
+    rest = [name for name in names if name not in _declared_tasks()]
+    if not rest:
+        return frozenset(), _tasks_text()
+    import importlib.util
+
+    lm_eval = importlib.util.find_spec("lm_eval")   # found without importing it (its import takes seconds)
+    if lm_eval is None or lm_eval.origin is None:
+        return frozenset(rest), _tasks_text() + " (lm-eval is not installed: its built-in tasks were not checked)"
+    builtin_dir = Path(lm_eval.origin).parent / "tasks"
+    maybe = _mentioned(rest, Path(fw.EVAL_TASKS)) | _mentioned(rest, builtin_dir)
+    unknown = set(rest) - maybe   # named in no task file at all: a typo, said without importing lm-eval
+    if maybe:   # the rest as `sftpack eval` decides: lm-eval's index of eval_tasks/, then its built-in tasks
+        from sftpack.evaluate.tasks import builtin_tasks, task_manager
+
+        manager = task_manager(Path(fw.EVAL_TASKS))
+        left = [name for name in maybe if name not in manager.task_index]
+        unknown |= set(left) - (builtin_tasks(left) if left else set())
+    return frozenset(unknown), _tasks_text()
+
+
+def unknown_tasks(names: list[str]) -> tuple[frozenset[str], str]:
+    """The names neither eval_tasks/ nor lm-eval's built-in tasks declare, and the tasks eval_tasks/ holds."""
+    return _unknown_tasks(tuple(names))
 
 
 def load_pipeline(path: Path) -> Pipeline:
-    import yaml
-
     path = Path(path).resolve()
     if not path.is_file():
         raise PipelineError(f"{path}: no such pipeline file")
-    pipeline = Pipeline.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), where=str(path))
+    doc = spec.load(path, PipelineError)
+    pipeline = Pipeline.from_dict(doc.data, str(path), doc)
     pipeline.path = str(path)
     return pipeline

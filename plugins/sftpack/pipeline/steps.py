@@ -3,24 +3,36 @@
 Folders under `<out>/` (one per stage, each with its done.json):
     model/          the base model (a local folder, a hub download, or random weights built offline)
     data/           dataset_info/ from `sftpack prepare`; the frameworks' and lm-eval's current directory
-    train_<fw>/     output/ (the trained model), train.log (the framework's full output), metrics.json
+    train_<fw>/     output/ (the trained model), stdout.log (the framework's full output), result.json (the
+                    training core's record, the same schema as `sftpack bench`'s), the framework's raw logs
     eval/           `sftpack eval`'s eval.json, eval.md, lm_eval/ and logs/
     report/         report.md, summary.json, loss.png, eval.png, time_memory.png
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sftpack import frameworks as fw
 from sftpack.errors import SftpackError
 from sftpack.pipeline.offline import offline_reason
 from sftpack.pipeline.schema import ModelSpec, Pipeline, PipelineError, TrainSpec, repo_path
-from sftpack.pipeline.stages import Context, Stage
+from sftpack.pipeline.stages import Context, Stage, file_sha256, tree_sha256, tree_stat
+from sftpack.provenance import versions
+
+if TYPE_CHECKING:
+    from sftpack.training import TrainJob
+
+# The installed packages each stage's output depends on (importlib.metadata names); part of the stage's key.
+MODEL_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors")
+DATA_PACKAGES = ("datasets", "pyarrow")
+TRAIN_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets")   # + the framework's own
+EVAL_PACKAGES = ("lm-eval", "torch", "transformers", "peft", "accelerate", "datasets")
+REPORT_PACKAGES = ("matplotlib",)
 
 
 class LoggedError(SftpackError):
@@ -50,18 +62,6 @@ def _env(ctx: Context, stage: str, pipeline: Pipeline) -> dict[str, str]:
     env = fw.offline_env(ctx.out / stage / "cache")
     if not pipeline.requires_gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""   # the CPU pipeline stays on the CPU, even on a GPU machine
-    return env
-
-
-def train_env(ctx: Context, spec: TrainSpec, pipeline: Pipeline) -> dict[str, str]:
-    """The environment of one training run: offline, caches in the stage folder, and on a GPU `RECORD_VRAM=1`.
-
-    LLaMA-Factory writes `vram_allocated`/`vram_reserved` (torch max counters, GiB) into trainer_log.jsonl only
-    with RECORD_VRAM=1; ms-swift logs `memory(GiB)` by itself and ignores the variable.
-    """
-    env = _env(ctx, spec.stage, pipeline)
-    if pipeline.requires_gpu:
-        env["RECORD_VRAM"] = "1"
     return env
 
 
@@ -103,6 +103,48 @@ def _not_found(spec: ModelSpec, offline: str | None) -> str:
     return f"{offline}, so no download was tried ({where})"
 
 
+def requested_build_shape(pipeline: Pipeline) -> str | None:
+    """`model.build_shape`: given only when the YAML asks for a built model (no default fills it)."""
+    return pipeline.model.build_shape
+
+
+def _missing_model(pipeline: Pipeline, why_not: str | None) -> PipelineError:
+    """The error for a `model.path` that cannot be had when no built model was asked for."""
+    from sftpack.tiny_model import SHAPES
+
+    spec = pipeline.model
+    resolved, also = repo_path(spec.path), Path.cwd() / Path(spec.path).expanduser()   # find_local_model's two
+    where = str(resolved) if also.resolve() == resolved.resolve() else f"{resolved} (nor {also})"
+    place = "model.path"
+    if getattr(spec, "_at", None) is not None:     # the schema records the key's file:line
+        place = str(spec._at["path"])
+    elif pipeline.path:
+        place = f"{pipeline.path}: model.path"
+    return PipelineError(
+        f"{place} {spec.path!r} cannot be had: {why_not or 'not on this machine'}; resolved folder: "
+        f"{where} (no config.json there). No random weights are trained in its place unless asked for. Fix "
+        f"model.path (a folder with config.json, or a hub id with `download: true`), or ask for a built model of "
+        f"random weights explicitly: `build_shape: SHAPE` under `model:` (one of {sorted(SHAPES)})")
+
+
+def model_inputs(pipeline: Pipeline) -> dict[str, Any]:
+    """What the model stage's output depends on: the folder found (by file sizes and times), or the build."""
+    from sftpack.bench.runner import find_local_model
+
+    spec = pipeline.model
+    found = find_local_model(spec.path)[0] if spec.path else None
+    if found is not None:
+        return {"path": spec.path, "found": str(found), "files_stat_sha256": tree_stat(found)}
+    tokenizer = spec.tokenizer_path
+    inputs: dict[str, Any] = {"path": spec.path, "build_shape": spec.build_shape, "seed": spec.seed,
+                              "tokenizer": spec.tokenizer,
+                              "tokenizer_sha256": tree_sha256(tokenizer) if tokenizer else None,
+                              "versions": versions(*MODEL_PACKAGES)}
+    if spec.path:   # online, a download is tried first; offline, the build is taken at once
+        inputs.update(download=spec.download, offline=offline_reason() is not None)
+    return inputs
+
+
 def model_stage(pipeline: Pipeline):
     def run(ctx: Context) -> dict[str, Any]:
         from sftpack.bench.runner import find_local_model
@@ -122,13 +164,12 @@ def model_stage(pipeline: Pipeline):
                 why_not = _not_found(spec, offline)
             if found is not None:
                 return {"path": str(found), "source": source, "random_weights": False, "requested": spec.path,
-                        "fallback_reason": None}
-            if spec.build_shape is None:
-                raise PipelineError(f"model.path {spec.path!r} is not available ({why_not}) and no build_shape is "
-                                    "given")
+                        "fallback_reason": None, "offline": offline}
+            if requested_build_shape(pipeline) is None:
+                raise _missing_model(pipeline, why_not)
             print(f"model: FALLBACK: {spec.path!r}: {why_not}; building random weights of shape "
                   f"{spec.build_shape!r} instead", flush=True)
-        return _build_model(spec, folder, _env(ctx, "model", pipeline), why_not)
+        return {**_build_model(spec, folder, _env(ctx, "model", pipeline), why_not), "offline": offline}
     return Stage("model", run, "the base model")
 
 
@@ -156,6 +197,28 @@ def _build_model(spec: ModelSpec, folder: Path, env: dict[str, str], why_not: st
 
 
 # -- data -------------------------------------------------------------------------------------------------
+def _source_inputs(spec, source: str | None) -> dict[str, Any] | None:
+    """A data source as the key sees it: a local file or folder by its content, a hub id by its name."""
+    if source is None:
+        return None
+    resolved = spec.resolved_source(source)
+    local = Path(resolved)
+    return {"source": source, "resolved": resolved,
+            "sha256": tree_sha256(local) if local.exists() else None}     # None: a hub id (its rows are not hashed)
+
+
+def data_inputs(pipeline: Pipeline) -> dict[str, Any]:
+    """What the data stage's output depends on: family, source and fallback (local ones by content), offline."""
+    from sftpack.sources import is_hub_id
+
+    spec = pipeline.data
+    inputs = {"family": spec.family, "source": _source_inputs(spec, spec.source),
+              "fallback_source": _source_inputs(spec, spec.fallback_source), "versions": versions(*DATA_PACKAGES)}
+    if is_hub_id(spec.resolved_source()):
+        inputs["offline"] = offline_reason() is not None
+    return inputs
+
+
 def data_stage(pipeline: Pipeline):
     def run(ctx: Context) -> dict[str, Any]:
         from sftpack.convert import prepare
@@ -186,7 +249,7 @@ def data_stage(pipeline: Pipeline):
         for result in results:
             print(result.summary(), flush=True)
         return {"family": spec.family, "source": spec.source, "resolved_source": source,
-                "fallback_reason": fallback_reason,
+                "fallback_reason": fallback_reason, "offline": offline,
                 "workdir": str(folder), "dataset_info": str(folder / "dataset_info" / "dataset_info.json"),
                 "splits": {r.dataset: {"file": str(r.file), "rows": r.rows_out, "skipped": len(r.skipped)}
                            for r in results}}
@@ -194,107 +257,62 @@ def data_stage(pipeline: Pipeline):
 
 
 # -- train ------------------------------------------------------------------------------------------------
-def train_command(spec: TrainSpec, model: Path, output_dir: Path) -> tuple[list[str], dict[str, Any]]:
-    if spec.framework == "llamafactory":
-        overrides = {**spec.overrides, "model_name_or_path": model, "output_dir": output_dir,
-                     "include_num_input_tokens_seen": "non_padding"}
-        return fw.lf_train_cmd(spec.config_path, overrides), overrides
-    # Swift parses include_num_input_tokens_seen as a bool (true = all tokens, padding included).
-    overrides = {**swift_local_model(model), **spec.overrides, "model": model, "output_dir": output_dir,
-                 "include_num_input_tokens_seen": True, "add_version": False, "external_plugins": [fw.SWIFT_PLUGIN]}
-    return fw.swift_sft_cmd(spec.config_path, overrides), overrides
+def train_job(pipeline: Pipeline, spec: TrainSpec, ctx: Context) -> TrainJob:
+    """The training-core job of one `train:` entry (the same core `sftpack bench` runs: sftpack.training)."""
+    from sftpack.training import TrainJob
 
-
-def swift_local_model(model: Path) -> dict[str, Any]:
-    """Swift's flags for a local model folder (the pipeline's model always is one); train.overrides win.
-
-    `check_model: false`: no ModelScope look-up of the folder (network retries). `model_type: qwen2` when the
-    folder's config.json says qwen2 (every model `sftpack tiny-model` builds does): else Swift stops with "Multiple
-    possible types found: ['qwen2', 'qwen2_gte']". Other architectures are left to Swift's detection.
-    """
-    flags: dict[str, Any] = {"check_model": False}
-    try:
-        model_type = json.loads((Path(model) / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError):
-        model_type = None
-    if model_type == "qwen2":
-        flags["model_type"] = "qwen2"
-    return flags
-
-
-def _number(config: Path, overrides: dict[str, Any], key: str, default: Any) -> Any:
-    import yaml
-
-    if key in overrides:
-        return overrides[key]
-    return (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get(key, default)
+    folder = ctx.dir(spec.stage)
+    return TrainJob(framework=spec.framework, config=spec.config_path, overrides=dict(spec.overrides),
+                    model=Path(ctx.outputs["model"]["path"]), output_dir=folder / "output",
+                    cwd=Path(ctx.outputs["data"]["workdir"]), record_dir=folder, cache=folder / "cache",
+                    gpus=1 if pipeline.requires_gpu else 0, timeout_s=spec.timeout_s, echo=True,
+                    identity={"suite": pipeline.name, "session": ctx.out.name, "run": spec.stage, "repeat": 1,
+                              "group": None})
 
 
 def train_stage(pipeline: Pipeline, spec: TrainSpec):
     def run(ctx: Context) -> dict[str, Any]:
-        from sftpack.bench import logs
-        from sftpack.bench.monitor import run_measured
+        from sftpack.training import arm_nvml, run_training
 
-        folder = ctx.dir(spec.stage)
-        output_dir = folder / "output"
-        model = Path(ctx.outputs["model"]["path"])
-        cmd, overrides = train_command(spec, model, output_dir)
-        log_path = folder / "train.log"
-        measured = run_measured(cmd, Path(ctx.outputs["data"]["workdir"]), train_env(ctx, spec, pipeline),
-                                log_path, spec.timeout_s, echo=True)
-        if measured.exit_code != 0 or measured.timed_out:
-            tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
-            why = "timed out" if measured.timed_out else f"exited {measured.exit_code}"
-            raise LoggedError(f"{spec.framework} training {why}\n{tail}", log_path)
-        stdout = log_path.read_text(encoding="utf-8", errors="replace")
-        on_gpu = pipeline.requires_gpu
-        if spec.framework == "llamafactory":
-            log = logs.parse_lf(output_dir, stdout, on_gpu)
-            trained = output_dir
-        else:
-            per_step = (int(_number(spec.config_path, overrides, "per_device_train_batch_size", 1))
-                        * int(_number(spec.config_path, overrides, "gradient_accumulation_steps", 1)))
-            padding_free = bool(_number(spec.config_path, overrides, "packing", False)
-                                or _number(spec.config_path, overrides, "padding_free", False))
-            log = logs.parse_swift(output_dir, stdout, on_gpu, per_step, padding_free)
-            trained = fw.last_checkpoint(output_dir)
-        if not log.loss_curve:
-            raise LoggedError(f"{spec.framework}: training exited 0 but logged no loss ({log.warnings})", log_path)
-        runtime = log.train_runtime_s
-        sampler = measured.sampler
-        metrics = {
-            "framework": spec.framework, "config": spec.config, "command": [str(c) for c in cmd],
-            "overrides": json.loads(json.dumps(overrides, default=str)),
-            "log": str(log_path), "output_dir": str(output_dir), "trained_model": str(trained),
-            "wall_s": measured.wall_s, "train_runtime_s": runtime,
-            "cpu_user_s": measured.cpu_user_s, "cpu_system_s": measured.cpu_system_s,
-            "load_avg_1m_before": measured.load_avg_1m_before, "load_avg_1m_after": measured.load_avg_1m_after,
-            "peak_rss_largest_process_mib": measured.peak_rss_largest_process_mib,
-            "peak_pss_tree_mib": sampler.get("peak_pss_tree_mib"),
-            "peak_rss_sum_tree_mib": sampler.get("peak_rss_sum_tree_mib"),
-            "peak_gpu_torch_reserved_mib": log.torch_peak_reserved_mib,
-            "steps": log.steps, "max_steps": log.max_steps, "samples_per_s": log.samples_per_s,
-            "tokens_seen": log.tokens_seen, "tokens_counted": log.tokens_counted,
-            "tokens_per_s": log.tokens_seen / runtime if log.tokens_seen and runtime else None,
-            "non_padding_tokens": log.non_padding_tokens, "non_padding_tokens_source": log.non_padding_tokens_source,
-            "non_padding_tokens_per_s": (log.non_padding_tokens / runtime
-                                         if log.non_padding_tokens and runtime else None),
-            "first_loss": log.loss_curve[0][1], "final_loss": log.final_loss, "train_loss_mean": log.train_loss_mean,
-            "loss_curve": log.loss_curve,
-            "trainable_params": log.trainable_params, "total_params": log.total_params,
-            "trainable_percent": log.trainable_percent, "params_source": log.params_source,
-            "warnings": list(log.warnings),
-        }
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        job = train_job(pipeline, spec, ctx)
+        why = arm_nvml(job)
+        if why:
+            print(f"NVML not used: {why}", flush=True)
+        try:
+            result = run_training(job)
+        finally:
+            if job.nvml is not None:
+                job.nvml.close()
+        log_path = job.record_dir / "stdout.log"
+        if result.status != "ok":
+            raise LoggedError(f"{spec.framework} training: {result.status} ({result.status_detail})\n"
+                              + "".join((result.log_tail or "").splitlines(True)[-15:]), log_path)
+        if not result.loss_curve:
+            raise LoggedError(f"{spec.framework}: training exited 0 but logged no loss ({result.warnings})", log_path)
         if not os.environ.get("SFTPACK_KEEP_CACHE"):
             import shutil
 
-            shutil.rmtree(folder / "cache", ignore_errors=True)
-        return {"metrics": str(folder / "metrics.json"), "trained_model": str(trained)}
+            shutil.rmtree(job.cache, ignore_errors=True)
+        return {"result": str(job.record_dir / "result.json"), "trained_model": result.trained_model}
     return Stage(spec.stage, run, f"{spec.framework} from {spec.config} (measured)")
 
 
+def train_inputs(pipeline: Pipeline, spec: TrainSpec) -> dict[str, Any]:
+    """What a training stage's output depends on besides the model and the data: its config and settings."""
+    return {"framework": spec.framework, "config": spec.config, "config_sha256": file_sha256(spec.config_path),
+            "overrides": spec.overrides, "timeout_s": spec.timeout_s, "requires_gpu": pipeline.requires_gpu,
+            "versions": versions(fw.adapter(spec.framework).package, *TRAIN_PACKAGES)}
+
+
 # -- eval -------------------------------------------------------------------------------------------------
+def eval_inputs(pipeline: Pipeline) -> dict[str, Any]:
+    """What the eval stage's output depends on besides the models and the data: settings, task files, versions."""
+    spec = pipeline.eval
+    return {"tasks": list(spec.tasks), "limit": spec.limit, "device": spec.device, "batch_size": str(spec.batch_size),
+            "dtype": spec.dtype, "gen_kwargs": spec.gen_kwargs, "requires_gpu": pipeline.requires_gpu,
+            "eval_tasks_sha256": tree_sha256(fw.EVAL_TASKS), "versions": versions(*EVAL_PACKAGES)}
+
+
 def eval_stage(pipeline: Pipeline):
     def run(ctx: Context) -> dict[str, Any]:
         from sftpack.evaluate.runner import Settings, run_eval
@@ -323,6 +341,86 @@ def report_stage(pipeline: Pipeline):
     return Stage("report", run, "report.md, summary.json, plots")
 
 
+def report_inputs(pipeline: Pipeline) -> dict[str, Any]:
+    return {"name": pipeline.name, "description": pipeline.description,
+            "fallbacks": [f"{f.key}: {f.text}" for f in allowed_fallbacks(pipeline)],
+            "versions": versions(*REPORT_PACKAGES)}
+
+
 def stages(pipeline: Pipeline) -> list[Stage]:
-    return ([model_stage(pipeline), data_stage(pipeline)] + [train_stage(pipeline, t) for t in pipeline.train]
-            + [eval_stage(pipeline), report_stage(pipeline)])
+    """The stages in order, each with the inputs its key hashes and the stages it reads (see stages.py)."""
+    def keyed(stage: Stage, inputs, reads: tuple[str, ...] | None) -> Stage:
+        return dataclasses.replace(stage, inputs=inputs, reads=reads)
+
+    trains = tuple(t.stage for t in pipeline.train)
+    return ([keyed(model_stage(pipeline), lambda: model_inputs(pipeline), ()),
+             keyed(data_stage(pipeline), lambda: data_inputs(pipeline), ())]
+            + [keyed(train_stage(pipeline, t), lambda t=t: train_inputs(pipeline, t), ("model", "data"))
+               for t in pipeline.train]
+            + [keyed(eval_stage(pipeline), lambda: eval_inputs(pipeline), ("model", "data", *trains)),
+               keyed(report_stage(pipeline), lambda: report_inputs(pipeline), None)])
+
+
+# -- fallbacks: what the spec allows, said before the first stage -------------------------------------------
+@dataclasses.dataclass
+class Fallback:
+    key: str                  # the spec key (or run condition) that allows it
+    text: str                 # what is used instead, and when
+    now: str | None = None    # why it will be taken in this run, when that is known before the run
+
+
+def allowed_fallbacks(pipeline: Pipeline, offline: str | None | bool = True) -> list[Fallback]:
+    """Every fallback `pipeline` allows, in words. `offline`: the reason the run is offline (True: ask
+    offline_reason() now; None/False: online)."""
+    from sftpack.sources import is_hub_id
+
+    offline = offline_reason() if offline is True else offline or None
+    found = _model_fallbacks(pipeline, offline)
+    data = pipeline.data
+    hub = is_hub_id(data.resolved_source())
+    if data.fallback_source:
+        found.append(Fallback("data.fallback_source", f"data.source {data.source!r} -> data.fallback_source "
+                              f"{data.fallback_source!r} ({data.resolved_source(data.fallback_source)}) when the "
+                              "source cannot be read", offline if offline and hub else None))
+    if offline and (pipeline.model.path or hub):     # else no stage would ask a hub anyway
+        found.append(Fallback("offline", f"{offline.removeprefix('offline: ')} is set: no hub call; a model or "
+                              "data source that is not on this machine takes its fallback at once", "in effect"))
+    return found
+
+
+def _model_fallbacks(pipeline: Pipeline, offline: str | None) -> list[Fallback]:
+    from sftpack.bench.runner import find_local_model
+
+    model, shape = pipeline.model, requested_build_shape(pipeline)
+    found: list[Fallback] = []
+    builds = model.path is None       # known before the run: the model is built
+    if model.path and shape:
+        how = "not a local folder or in the HF/ModelScope cache"
+        if model.download and not offline:
+            how += ", and its download fails"
+        now = None
+        if find_local_model(model.path)[0] is None and (offline or not model.download):
+            now, builds = offline or "not on this machine, download: false", True
+        found.append(Fallback("model.build_shape", f"model.path {model.path!r} -> RANDOM WEIGHTS of shape {shape!r} "
+                              f"(seed {model.seed}) when it is {how}: time and memory of the shape, accuracy "
+                              "meaningless", now))
+    if model.tokenizer and not model.tokenizer_required:
+        absent = model.tokenizer_path is None
+        found.append(Fallback("model.tokenizer_required", f"model.tokenizer {model.tokenizer!r} -> the built "
+                              f"byte-level tokenizer when {repo_path(model.tokenizer)} is absent: more tokens per "
+                              "row than the real tokenizer", "the folder is absent" if absent and builds else None))
+    return found
+
+
+def print_fallbacks(pipeline: Pipeline) -> list[Fallback]:
+    """Print, in one block before the first stage, every fallback the pipeline allows; return them."""
+    fallbacks = allowed_fallbacks(pipeline)
+    if not fallbacks:
+        print("sftpack run: fallbacks: none -- the model and the data are used as the pipeline says, or the run "
+              "stops", flush=True)
+        return fallbacks
+    lines = [("sftpack run: FALLBACKS this pipeline allows (each is printed again when taken, and in bold in the "
+              "report):")]
+    lines += [f"  - {f.key}: {f.text}" + (f"  [TAKEN in this run: {f.now}]" if f.now else "") for f in fallbacks]
+    print("\n".join(lines), flush=True)
+    return fallbacks

@@ -28,8 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sftpack.artifacts import file_mode
 from sftpack.converters import FieldError
-from sftpack.dataset_info import file_mode
 from sftpack.errors import RowError, SftpackError
 from sftpack.recipes import inputs as inp
 from sftpack.recipes.features import Collector

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from sftpack import dataset_info
+from sftpack.artifacts import write_text
 from sftpack.errors import SftpackError
 from sftpack.recipes import inputs as inp
 from sftpack.recipes import schema
@@ -111,7 +112,7 @@ def run_mixture(path: Path | str, out_dir: Path | str = "dataset_info",
     ]
     body = {"llamafactory": lf, "swift": swift,
             "expected_rows": {"llamafactory": expected_lf, "swift": total}, "datasets": details}
-    dataset_info.atomic_write_text(result.file, "\n".join(header) + "\n"
+    write_text(result.file, "\n".join(header) + "\n"
                                    + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=120))
     for name, info in details.items():
         if info["swift_repeats"]:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sftpack import dataset_info
+from sftpack.artifacts import write_text
 from sftpack.errors import SftpackError
 from sftpack.recipes import engine, schema
 from sftpack.recipes import inputs as inp
@@ -291,8 +292,8 @@ def run_recipe(path: Path | str, out_dir: Path | str = "dataset_info", var_overr
     stats = statslib.build(plan, run, outputs, steps, time.perf_counter() - started, info_path)
     stats_json = out_dir / f"{plan.output.name}.stats.json"
     stats_md = out_dir / f"{plan.output.name}.stats.md"
-    dataset_info.atomic_write_text(stats_json, statslib.to_json(stats))
-    dataset_info.atomic_write_text(stats_md, statslib.to_markdown(stats))
+    write_text(stats_json, statslib.to_json(stats))
+    write_text(stats_md, statslib.to_markdown(stats))
     return RecipeResult(plan, outputs, steps, stats, stats_json, stats_md)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,25 +18,12 @@ PACKAGES = ("sftpack", "numpy", "orjson", "xxhash", "datasketch", "tokenizers", 
 
 
 def environment() -> dict[str, Any]:
-    from importlib import metadata
-
-    from sftpack.frameworks import REPO_ROOT
-
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
     import os
 
+    from sftpack.provenance import git_sha, versions
+
     return {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "packages": versions, "git_sha": sha}
+            "packages": versions(*PACKAGES), "git_sha": git_sha()}
 
 
 def build(plan, run, outputs, steps, wall_s: float, info_path: Path) -> dict[str, Any]:

@@ -1,13 +1,21 @@
-"""Capture the environment a benchmark ran in: packages, torch/CUDA, GPUs and driver, CPU, git sha + dirty.
+"""Provenance: what produced a result. Package versions, torch/CUDA, GPUs and driver, CPU, and the git commit
+of sftpack itself. The one module every record uses (bench results, pipeline reports and stage keys, eval
+reports, recipe stats).
 
-    python -m sftpack.bench.environment            # prints the JSON the harness stores with every result
+    python -m sftpack.provenance                   # prints the JSON the harness stores with every result
+    from sftpack.provenance import versions, git_info
+    versions("torch", "transformers")              # {"torch": "2.13.0+cpu", "transformers": "5.6.0"}
+    git_info()                                     # {"sha": ..., "dirty": ...}: of sftpack's checkout, or nulls
 
-The harness runs this module in a subprocess once per session, so torch is never imported into the
-harness process (its memory stays small and is measured).
+The git commit is sftpack's only when sftpack runs from its own checkout (the folder above `plugins/` holds
+sftpack's pyproject.toml and is a git work tree's top): installed into a venv that happens to sit inside some
+other repository, the sha would be that repository's, so it is null. The harness runs `capture()` in a
+subprocess once per session, so torch is never imported into the harness process.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -15,6 +23,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from sftpack import frameworks as fw
@@ -31,12 +40,39 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _git(*args: str) -> str | None:
+def versions(*names: str) -> dict[str, str | None]:
+    """{distribution: installed version or None}."""
+    return {name: _version(name) for name in names}
+
+
+@functools.lru_cache(maxsize=1)
+def is_checkout() -> bool:
+    """True when sftpack runs from its own git checkout (not from a wheel installed somewhere)."""
+    pyproject = fw.REPO_ROOT / "pyproject.toml"
+    try:
+        own = 'name = "sftpack"' in pyproject.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    top = _git_raw("rev-parse", "--show-toplevel")
+    return own and top is not None and Path(top.strip()).resolve() == fw.REPO_ROOT.resolve()
+
+
+def _git_raw(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=fw.REPO_ROOT, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout if out.returncode == 0 else None
+
+
+def _git(*args: str) -> str | None:
+    return _git_raw(*args) if is_checkout() else None
+
+
+def git_sha() -> str | None:
+    """sftpack's commit, with '-dirty' when the checkout has changes; None outside a checkout."""
+    info = git_info()
+    return (info["sha"] + ("-dirty" if info["dirty"] else "")) if info["sha"] else None
 
 
 def git_info() -> dict[str, Any]:

@@ -1,8 +1,5 @@
-"""Command lines for the real framework CLIs, the offline environment they run in, and a logged runner.
-
-One place builds `llamafactory-cli train`, `swift sft` and `lm_eval` commands, so the demo, the tests and the
-benchmarks run the frameworks the same way. `TINY_CPU_*` are the overrides every shipped config needs to run
-on the tiny model on a CPU (see ../shared/FRAMEWORK_FACTS.md for why each Swift flag is there).
+"""What every framework adapter shares: the repo's paths, the offline environment, finding a CLI, `lm_eval`'s
+command line, a logged runner. Framework-specific knowledge lives in llamafactory.py and swift.py.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ from typing import Any, Mapping
 
 from sftpack.errors import SftpackError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 TRAIN_CONFIGS = REPO_ROOT / "train_configs"
 EVAL_TASKS = REPO_ROOT / "eval_tasks"
 SWIFT_PLUGIN = REPO_ROOT / "plugins" / "sftpack_swift_datasets.py"
@@ -25,33 +22,6 @@ LF_LORA_CONFIG = TRAIN_CONFIGS / "qwen_gsm8k.yaml"
 LF_FULL_CONFIG = TRAIN_CONFIGS / "qwen_full_gsm8k.yaml"
 SWIFT_LORA_CONFIG = TRAIN_CONFIGS / "swift" / "qwen_lora_gsm8k.yaml"
 SWIFT_FULL_CONFIG = TRAIN_CONFIGS / "swift" / "qwen_full_gsm8k.yaml"
-
-# LLaMA-Factory on CPU: fp32 (bf16 needs use_cpu), one preprocessing worker, no plot.
-TINY_CPU_LF: dict[str, Any] = {"bf16": False, "preprocessing_num_workers": 1, "plot_loss": False,
-                               "dataloader_num_workers": 0}
-# ms-swift on a local tiny model on CPU.
-TINY_CPU_SWIFT: dict[str, Any] = {
-    "model_type": "qwen2",                 # auto-detection finds two candidates for a local folder
-    "check_model": False,                  # else ~7 s of ModelScope network retries
-    "torch_dtype": "float32",
-    "dataset_num_proc": 1,
-    "dataloader_num_workers": 0,
-    "dataloader_persistent_workers": False,  # required together with 0 workers
-}
-
-
-def tiny_lf_overrides(model: Path, output_dir: Path, steps: int, batch: int = 2, **extra: Any) -> dict[str, Any]:
-    """A shipped LLaMA-Factory config on the tiny model for `steps` steps on a CPU (tests, quick runs)."""
-    return {**TINY_CPU_LF, "model_name_or_path": model, "output_dir": output_dir, "max_steps": steps,
-            "per_device_train_batch_size": batch, "gradient_accumulation_steps": 1, "logging_steps": 1,
-            "save_steps": steps, **extra}
-
-
-def tiny_swift_overrides(model: Path, output_dir: Path, steps: int, batch: int = 2, **extra: Any) -> dict[str, Any]:
-    """A shipped ms-swift config on the tiny model for `steps` steps on a CPU (tests, quick runs)."""
-    return {**TINY_CPU_SWIFT, "model": model, "output_dir": output_dir, "max_steps": steps,
-            "per_device_train_batch_size": batch, "gradient_accumulation_steps": 1, "logging_steps": 1,
-            "save_steps": steps, "external_plugins": [SWIFT_PLUGIN], **extra}
 
 
 def offline_env(cache_root: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -86,23 +56,11 @@ def executable(name: str) -> str:
     return found
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A value as a framework CLI reads it (booleans lower-case)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def lf_train_cmd(config: Path, overrides: Mapping[str, Any]) -> list[str]:
-    """`llamafactory-cli train CONFIG key=value ...` (LLaMA-Factory merges the overrides into the YAML)."""
-    return [executable("llamafactory-cli"), "train", str(config)] + [f"{k}={_text(v)}" for k, v in overrides.items()]
-
-
-def swift_sft_cmd(config: Path, overrides: Mapping[str, Any]) -> list[str]:
-    """`swift sft CONFIG --key value ...` (flags after the file override it)."""
-    cmd = [executable("swift"), "sft", str(config)]
-    for key, value in overrides.items():
-        cmd += [f"--{key}"] + ([_text(v) for v in value] if isinstance(value, (list, tuple)) else [_text(value)])
-    return cmd
 
 
 def lm_eval_cmd(model: Path | str, tasks: list[str], output_path: Path, adapter: Path | None = None,

@@ -1,0 +1,91 @@
+"""LLaMA-Factory 0.9.5: `llamafactory-cli train CONFIG key=value ...` and everything else specific to it.
+
+- Overrides are `key=value` after the YAML (merged into it); unknown keys are fatal (LF's HfArgumentParser).
+- The harness counts non-padding tokens exactly (`include_num_input_tokens_seen=non_padding`); GPU memory is the
+  torch max counters LF writes into trainer_log.jsonl with env `RECORD_VRAM=1` (GiB, 0.01 resolution).
+- Multi-GPU: `FORCE_TORCHRUN=1` (NPROC_PER_NODE is set by the caller).
+- CPU: fp32 (`bf16: true` needs `use_cpu`), one preprocessing worker.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from sftpack import parity
+from sftpack.frameworks.base import Adapter
+from sftpack.frameworks.common import text
+from sftpack.frameworks.logs import GIB_TO_MIB, TrainLog, max_number
+
+LOG = "trainer_log.jsonl"
+RESULTS = ("train_results.json", "all_results.json")
+_PARAMS = re.compile(r"trainable params: ([\d,]+) \|\| all params: ([\d,]+) \|\| trainable%: ([\d.]+)")
+
+
+class LlamaFactory(Adapter):
+    name, short, cli, package = "llamafactory", "LF", ("llamafactory-cli", "train"), "llamafactory"
+    harness_keys = ("model_name_or_path", "output_dir", "include_num_input_tokens_seen")
+    log_file, raw_logs = LOG, (LOG,) + RESULTS
+    tiny_cpu = {"bf16": False, "preprocessing_num_workers": 1, "plot_loss": False, "dataloader_num_workers": 0}
+
+    def command(self, config: Path, overrides: Mapping[str, Any]) -> list[str]:
+        return self._cli() + [str(config)] + [f"{key}={text(value)}" for key, value in overrides.items()]
+
+    def run_overrides(self, model: Path, output_dir: Path) -> dict[str, Any]:
+        return {"model_name_or_path": model, "output_dir": output_dir, "include_num_input_tokens_seen": "non_padding"}
+
+    def env(self, gpus: int) -> dict[str, str]:
+        env = {"RECORD_VRAM": "1"}          # vram_allocated / vram_reserved in trainer_log.jsonl (0 on a CPU)
+        if gpus > 1:
+            env["FORCE_TORCHRUN"] = "1"
+        return env
+
+    def normalise(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return parity.normalise_lf(config)
+
+    def speed_options(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {"attention": config.get("flash_attn", "auto"),
+                "liger_kernel": bool(config.get("enable_liger_kernel", False)),
+                "gradient_checkpointing": not config.get("disable_gradient_checkpointing", False),
+                "packing": bool(config.get("packing") or config.get("neat_packing")),
+                "packing_without_cross_attention": bool(config.get("neat_packing", False)),
+                "deepspeed": config.get("deepspeed"), "fsdp": config.get("fsdp")}
+
+    def parse_log(self, output_dir: Path, stdout: str, on_gpu: bool, samples_per_step: int | None,
+                  padding_free: bool) -> TrainLog:
+        log, rows = self._new_log(output_dir)
+        losses = [(r["current_steps"], r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))]
+        log.loss_curve = [list(p) for p in losses]
+        log.final_loss = losses[-1][1] if losses else None
+        steps = [r["current_steps"] for r in rows if isinstance(r.get("current_steps"), int)]
+        log.steps = max(steps) if steps else None
+        log.max_steps = rows[-1].get("total_steps") if rows else None
+        tokens = [r["total_tokens"] for r in rows if isinstance(r.get("total_tokens"), int)]
+        if on_gpu:
+            reserved = max_number([r.get("vram_reserved") for r in rows])
+            allocated = max_number([r.get("vram_allocated") for r in rows])
+            log.torch_peak_reserved_mib = reserved * GIB_TO_MIB if reserved is not None and reserved > 0 else None
+            log.torch_peak_allocated_mib = allocated * GIB_TO_MIB if allocated is not None and allocated > 0 else None
+        results: dict[str, Any] = {}
+        for name in RESULTS:
+            path = output_dir / name
+            if path.is_file():
+                results.update(json.loads(path.read_text(encoding="utf-8")))
+        log.train_runtime_s = results.get("train_runtime")
+        log.samples_per_s = results.get("train_samples_per_second")
+        log.train_loss_mean = results.get("train_loss")
+        seen = results.get("num_input_tokens_seen", tokens[-1] if tokens else None)
+        if seen:
+            log.tokens_seen = int(seen)
+            log.tokens_counted = "non_padding"
+            log.non_padding_tokens = float(seen)
+            log.non_padding_tokens_source = "llamafactory total_tokens (include_num_input_tokens_seen=non_padding)"
+        match = _PARAMS.search(stdout)
+        if match:
+            log.trainable_params = int(match.group(1).replace(",", ""))
+            log.total_params = int(match.group(2).replace(",", ""))
+            log.trainable_percent = float(match.group(3))
+            log.params_source = "llamafactory log 'trainable params: N || all params: M' (exact)"
+        return log
