@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from sftpack.provenance import summary_line
 from sftpack.bench.compare import not_comparable
 from sftpack.bench.results import load_session, sessions
 from sftpack.errors import SftpackError
+from sftpack.frameworks import ADAPTERS
+from sftpack.plots import COLORS, pyplot, save
+from sftpack.provenance import summary_line
 
-COLORS = {"llamafactory": "#1f77b4", "swift": "#ff7f0e"}
-SHORT = {"llamafactory": "LF", "swift": "Swift"}
+SHORT = {name: adapter.short for name, adapter in ADAPTERS.items()}
 PLOTS = ("time.png", "memory.png", "loss.png")
 
 
@@ -315,10 +316,7 @@ def _bars(ax, summaries: list[RunSummary], path: str, title: str, unit: str) -> 
 
 
 def _figure(panels: list[tuple[str, str, str]], summaries: list[RunSummary], suptitle: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [p for p in panels if any(s.values(p[0]) for s in summaries)]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.6), squeeze=False)
@@ -329,15 +327,11 @@ def _figure(panels: list[tuple[str, str, str]], summaries: list[RunSummary], sup
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.legend(handles, labels, loc="upper left", ncol=2, fontsize=9, frameon=False,
                title="median, bars: min–max", title_fontsize=8)
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_loss(summaries: list[RunSummary], suptitle: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = list(dict.fromkeys(s.group or s.run for s in summaries))
     fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(4.6 * max(len(groups), 1), 3.6), squeeze=False)
@@ -355,8 +349,7 @@ def plot_loss(summaries: list[RunSummary], suptitle: str, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
+    save(fig, path)
 
 
 def write_plots(session: dict, results: list[dict], out: Path) -> list[Path]:

@@ -22,6 +22,7 @@ from sftpack.bench.compare import not_comparable
 from sftpack.bench.results import read_json
 from sftpack.pipeline.schema import Pipeline
 from sftpack.pipeline.stages import DONE, Context
+from sftpack.plots import COLORS, pyplot, save
 
 SCHEMA_VERSION = 1
 EVAL_METRICS = ("exact_match", "format_rate")
@@ -131,17 +132,8 @@ def build_summary(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
 
 
 # -- plots ------------------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_loss(summary: dict[str, Any], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for framework, metrics in summary["train"].items():
         steps, losses = zip(*metrics["loss_curve"])
@@ -152,12 +144,11 @@ def plot_loss(summary: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_eval(summary: dict[str, Any], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     values = summary["eval"]["values"]
     labels = list(values)
     keys = sorted({k for v in values.values() for k in v})
@@ -173,25 +164,23 @@ def plot_eval(summary: dict[str, Any], path: Path) -> None:
     ax.set_title(f"eval (limit {summary['eval']['settings']['limit']})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_time_memory(summary: dict[str, Any], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     frameworks = list(summary["train"])
     panels = [("wall_s", "wall s (process)"), ("train_runtime_s", "training loop s"),
               ("peak_rss_largest_process_mib", "peak RSS MiB"), ("peak_pss_tree_mib", "peak PSS MiB (tree)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels):
         ys = [summary["train"][f].get(key) or 0.0 for f in frameworks]
-        bars = ax.bar(frameworks, ys, color=["tab:blue", "tab:orange"][:len(frameworks)])
+        bars = ax.bar(frameworks, ys, color=[COLORS.get(f, "gray") for f in frameworks])
         ax.bar_label(bars, labels=[_num(summary["train"][f].get(key), 0) for f in frameworks], fontsize=8)
         ax.set_title(title, fontsize=9)
     fig.suptitle("time and memory of training")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 # -- markdown ---------------------------------------------------------------------------------------------
