@@ -284,7 +284,8 @@ def test_committed_report_and_readme_are_rebuilt_from_results(suite_dir):
 
 UNITLESS = {"schema_version", "exit_code", "repeat", "gpus", "steps", "max_steps", "samples_seen", "tokens_seen",
             "non_padding_tokens", "max_tree_processes", "trainable_params", "total_params", "samples", "pss_samples",
-            "final_loss", "train_loss_mean", "trainable_percent", "pss_budget_of_one_core"}
+            "final_loss", "train_loss_mean", "trainable_percent", "pss_budget_of_one_core",
+            "mfu", "matmul_params", "model_flops_per_token", "seed", "data_seed"}
 
 
 def _numeric_keys(data, prefix=""):

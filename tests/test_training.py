@@ -143,3 +143,17 @@ def test_comparisons_say_when_conditions_differ():
     assert "oversubscribed" in reasons[0] and "3.65 vs 2.83" in reasons[0]
     assert "tokens/s count different things" in reasons[1]
     assert "load differed" in not_comparable(result(0.1, 0.2, None), result(1.5, 1.6, None), 2)[0]
+
+
+def test_a_job_pins_and_records_what_makes_it_repeatable(tmp_path):
+    job = TrainJob(framework="llamafactory", config=fw.LF_LORA_CONFIG, model=tmp_path, output_dir=tmp_path / "o",
+                   cwd=tmp_path, record_dir=tmp_path / "r", cache=tmp_path / "c", overrides={"max_steps": 3},
+                   base_env={"PATH": "/usr/bin"})
+    result = new_result(job)
+    env, _ = environment(job)
+    assert result.overrides["data_seed"] == 42 == result.repeatability["seed"] == result.repeatability["data_seed"]
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == result.repeatability["threads"] != ""
+    job.overrides = {"seed": 7, "data_seed": 3}                 # a spec's own seeds win
+    assert (new_result(job).repeatability["seed"], new_result(job).repeatability["data_seed"]) == (7, 3)
+    job.base_env = {"OMP_NUM_THREADS": "1"}
+    assert environment(job)[0]["OMP_NUM_THREADS"] == "1"       # the caller's thread count is kept, and recorded

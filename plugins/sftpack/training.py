@@ -78,9 +78,36 @@ def merged_config(config: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_overrides(job: TrainJob) -> dict[str, Any]:
+    """Local-model flags < the job's overrides < the keys the core owns; `data_seed` pinned to the seed unless given
+    (LLaMA-Factory draws its data order from `seed`, Swift from its own `data_seed`: explicit, both follow one)."""
     adapter = fw.adapter(job.framework)
     local = adapter.local_model_overrides(job.model) if Path(job.model).is_dir() else {}
-    return {**local, **job.overrides, **adapter.run_overrides(job.model, job.output_dir)}
+    merged = merged_config(job.config, job.overrides)
+    pinned = {"data_seed": merged.get("seed", 42)} if "data_seed" not in merged else {}
+    return {**local, **pinned, **job.overrides, **adapter.run_overrides(job.model, job.output_dir)}
+
+
+def threads(base: Mapping[str, str]) -> str:
+    """The CPU thread count a run uses: the caller's OMP_NUM_THREADS, else the cores this process may use.
+    Pinned because it changes the float reduction order, so the bits of the result (tests/test_repeatable.py)."""
+    return base.get("OMP_NUM_THREADS") or str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                              else os.cpu_count() or 1)
+
+
+def repeatability(job: TrainJob, overrides: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """What a second run must match to give the same bits (measured on CPU: tests/test_repeatable.py)."""
+    merged = {**parity.load_yaml(job.config), **overrides}
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return {"seed": merged.get("seed"), "data_seed": merged.get("data_seed"),
+            "threads": env.get("OMP_NUM_THREADS"), "cpu_avx512": ("avx512f" in flags) if flags else None,
+            "note": "on a CPU the same seeds, thread count and CPU kind gave bit-identical loss curves and weights "
+                    "for both frameworks (tests/test_repeatable.py); GPU kernels may not be deterministic "
+                    "(not measured)"}
 
 
 def environment(job: TrainJob) -> tuple[dict[str, str], dict[str, str]]:
@@ -96,6 +123,8 @@ def environment(job: TrainJob) -> tuple[dict[str, str], dict[str, str]]:
         extra["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     if job.gpus > 1:
         extra.update(NPROC_PER_NODE=str(job.gpus), MASTER_PORT=str(_free_port()))
+    threads_n = threads(base)
+    extra.update(OMP_NUM_THREADS=threads_n, MKL_NUM_THREADS=base.get("MKL_NUM_THREADS") or threads_n)
     extra.update(fw.adapter(job.framework).env(job.gpus))
     extra.update({str(k): str(v) for k, v in job.env.items()})
     env = fw.offline_env(job.cache, base=base)
@@ -113,7 +142,8 @@ def new_result(job: TrainJob) -> RunResult:
     overrides = run_overrides(job)
     result.overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
     result.cwd = str(job.cwd)
-    _, result.env_overrides = environment(job)
+    env, result.env_overrides = environment(job)
+    result.repeatability = repeatability(job, overrides, env)
     try:
         result.command = [str(c) for c in adapter.command(job.config, overrides)]
     except SftpackError as err:   # the framework's CLI is not installed here

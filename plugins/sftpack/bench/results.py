@@ -125,6 +125,7 @@ class RunResult:
     warnings: list = field(default_factory=list)
     log_tail: str | None = None          # last lines of stdout.log when the run did not finish ok
     trained_model: str | None = None     # the folder lm-eval loads (a model, or a LoRA adapter), when ok
+    repeatability: dict = field(default_factory=dict)   # seeds, threads, CPU kind: what a re-run must match
     memory_measures: dict = field(default_factory=lambda: dict(MEMORY_MEASURES))
     environment: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
