@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sftpack.artifacts import write_json, write_text
 from sftpack.bench.compare import not_comparable
 from sftpack.bench.results import read_json
 from sftpack.pipeline.schema import Pipeline
@@ -277,12 +278,12 @@ def render_markdown(summary: dict[str, Any]) -> str:
 def write_report(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
     folder = ctx.dir("report")
     summary = build_summary(pipeline, ctx)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(folder / "summary.json", summary)
     plots = {"loss": folder / "loss.png", "eval": folder / "eval.png", "time_memory": folder / "time_memory.png"}
     plot_loss(summary, plots["loss"])
     plot_eval(summary, plots["eval"])
     plot_time_memory(summary, plots["time_memory"])
-    (folder / "report.md").write_text(render_markdown(summary), encoding="utf-8")
+    write_text(folder / "report.md", render_markdown(summary))
     print(f"report: {folder / 'report.md'}", flush=True)
     return {"report_md": str(folder / "report.md"), "summary_json": str(folder / "summary.json"),
             **{f"{k}_png": str(v) for k, v in plots.items()}}

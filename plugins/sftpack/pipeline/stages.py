@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sftpack.artifacts import write_json
 from sftpack.errors import SftpackError
 
 DONE = "done.json"
@@ -287,6 +288,6 @@ def _run(stage: Stage, plan: Plan, ctx: Context, reason: str) -> dict[str, Any]:
               "ran_because": reason, "inputs": plan.inputs, "reads": plan.reads}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "error.txt").unlink(missing_ok=True)
-    (folder / DONE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    write_json(folder / DONE, json.loads(json.dumps(record, default=str)))   # atomic: a done-marker is whole
     ctx.outputs[stage.name] = outputs
     return {**record, "skipped": False}
