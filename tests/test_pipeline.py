@@ -524,3 +524,25 @@ def test_every_allowed_fallback_is_printed_before_the_run_and_bold_in_the_report
     monkeypatch.setenv("HF_HUB_OFFLINE", "")
     print_fallbacks(load_pipeline(DEFAULT))
     assert "fallbacks: none" in capsys.readouterr().out
+
+
+def test_an_out_folder_holding_the_users_own_stage_named_folders_is_refused_untouched(tmp_path):
+    """`sftpack run --out myproject` must never delete the user's myproject/data (or model, eval, ...)."""
+    mine = tmp_path / "myproject" / "data"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my own work")
+    ran = []
+
+    def run(ctx):
+        ran.append(1)
+        return {}
+
+    with pytest.raises(SftpackError, match="not written by `sftpack run`") as info:
+        run_stages([Stage("model", run), Stage("data", run)], tmp_path / "myproject")
+    assert str(mine) in str(info.value) and not ran
+    assert (mine / "notes.txt").read_text() == "my own work"
+    # folders sftpack wrote itself are still replaced when their stage re-runs
+    records = run_stages([Stage("model", run)], tmp_path / "ours")
+    assert not records["model"]["skipped"] and (tmp_path / "ours" / "model" / ".sftpack-stage").is_file()
+    run_stages([Stage("model", run)], tmp_path / "ours", force=["model"])
+    assert len(ran) == 2

@@ -33,6 +33,7 @@ from sftpack.artifacts import write_json
 from sftpack.errors import SftpackError
 
 DONE = "done.json"
+OWNED = ".sftpack-stage"   # written into a stage folder when sftpack creates it: only such folders are ever deleted
 SHOWN_CHANGES = 4    # spec differences named in a banner; the rest are counted
 
 
@@ -216,10 +217,22 @@ def _force(stages: list[Stage], out: Path, force: list[str]) -> dict[str, str]:
     return why
 
 
+def check_owned(stages: list[Stage], out: Path) -> None:
+    """Refuse, before anything runs, an `--out` whose stage-named folders sftpack did not write: they would be
+    replaced. A folder is sftpack's when it holds the OWNED marker or a done.json (written by earlier versions)."""
+    foreign = [out / s.name for s in stages if (out / s.name).exists()
+               and not ((out / s.name / OWNED).is_file() or (out / s.name / DONE).is_file())]
+    if foreign:
+        raise SftpackError(f"--out {out}: {', '.join(str(p) for p in foreign)} already exist(s) and were not "
+                           f"written by `sftpack run` (no {OWNED} marker): a stage would replace them. Nothing was "
+                           "changed; choose another --out, or move those folders away")
+
+
 def run_stages(stages: list[Stage], out: Path, force: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Run `stages` in order under `out`, skipping those whose key is unchanged; return {stage: done-record}."""
     force = list(force or [])
     out = Path(out).resolve()
+    check_owned(stages, out)
     plans = plan_stages(stages)
     forced = _force(stages, out, force)
     out.mkdir(parents=True, exist_ok=True)
@@ -272,7 +285,10 @@ def _why_run(done: dict[str, Any] | None, plan: Plan, records: dict[str, dict[st
 
 def _run(stage: Stage, plan: Plan, ctx: Context, reason: str) -> dict[str, Any]:
     folder = ctx.out / stage.name
-    shutil.rmtree(folder, ignore_errors=True)   # an unfinished or changed stage starts clean
+    shutil.rmtree(folder, ignore_errors=True)   # an unfinished or changed stage starts clean (sftpack's: checked)
+    folder.mkdir(parents=True)
+    (folder / OWNED).write_text(f"written by `sftpack run`: stage {stage.name}; replaced when it re-runs\n",
+                                encoding="utf-8")
     stage_started = time.monotonic()
     try:
         outputs = stage.run(ctx)
