@@ -40,6 +40,11 @@ def _version(name: str) -> str | None:
         return None
 
 
+def utc_now() -> str:
+    """The timestamp every record carries (UTC, second resolution): 2026-12-01T02:48:54Z."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def versions(*names: str) -> dict[str, str | None]:
     """{distribution: installed version or None}."""
     return {name: _version(name) for name in names}
@@ -139,7 +144,7 @@ def gpu_info() -> dict[str, Any]:
 
 def capture() -> dict[str, Any]:
     return {
-        "captured_at_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "captured_at_utc": utc_now(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": {name: _version(name) for name in PACKAGES},

@@ -24,7 +24,6 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,6 +34,7 @@ from sftpack.bench.monitor import Measured, Nvml, harness_rss_mib, run_measured
 from sftpack.bench.results import Memory, RunResult, Throughput, Utilisation, write_json
 from sftpack.errors import SftpackError
 from sftpack.frameworks.logs import looks_like_oom
+from sftpack.provenance import utc_now
 
 LOG_TAIL_LINES = 40
 
@@ -60,10 +60,6 @@ class TrainJob:
     echo: bool = False
     gpu_name: str | None = None          # for MFU's peak (from the captured environment)
     identity: dict = field(default_factory=dict)     # RunResult's suite/session/run/repeat/group/... fields
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _free_port() -> int:
@@ -138,7 +134,7 @@ def new_result(job: TrainJob) -> RunResult:
     merged = merged_config(job.config, job.overrides)
     identity = {"suite": "", "session": "", "run": job.framework, "repeat": 1, "group": None, **job.identity}
     result = RunResult(**identity, framework=job.framework, status="skipped", gpus=job.gpus,
-                       started_at_utc=_utc_now(), speed_options=adapter.speed_options(merged))
+                       started_at_utc=utc_now(), speed_options=adapter.speed_options(merged))
     overrides = run_overrides(job)
     result.overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
     result.cwd = str(job.cwd)

@@ -37,16 +37,13 @@ from sftpack.bench.monitor import Measured, Nvml, harness_rss_mib, run_measured
 from sftpack.bench.results import SCHEMA_VERSION, RunResult, write_json
 from sftpack.bench.suite import RunSpec, Suite, SuiteError, load_suite
 from sftpack.errors import SftpackError
+from sftpack.provenance import utc_now
 from sftpack.training import TrainJob
 
 DEFAULT_RESULTS = fw.REPO_ROOT / "benchmarks" / "results"
 DEFAULT_WORK = fw.REPO_ROOT / "runs" / "bench"
 OVERHEAD_TARGETS = {"wall_pct": 2.0, "memory_mib": 50.0}
 BUILT_MARKER = ".sftpack-bench-built"
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _rel(path: Path) -> str:
@@ -371,7 +368,7 @@ def _run_suite(suite: Suite, runs: list[RunSpec], results_root: Path, work_root:
     print(f"sftpack bench: suite {suite.name} -> {session_dir}\n  work folder (frameworks' cwd): {work}", flush=True)
     if deadline is not None:
         print(f"  deadline: {deadline - time.monotonic():.0f} s from now (no run starts after it)", flush=True)
-    started = _utc_now()
+    started = utc_now()
     with (session_dir / "setup.log").open("w", encoding="utf-8") as setup_log:
         environment = capture_environment(setup_env)
         runnable = [run.name for run, _ in plan if skip_reason(suite, environment, run, skip_modules) is None]
@@ -420,7 +417,7 @@ def _run_suite(suite: Suite, runs: list[RunSpec], results_root: Path, work_root:
         except KeyboardInterrupt as stop:   # the run was killed and recorded as interrupted
             record["runs"].append({"run": run.name, "repeat": repeat, "dir": run_dir.name, "status": "interrupted"})
             record["interrupted"] = str(stop) or "SIGINT"
-            record["finished_at_utc"] = _utc_now()
+            record["finished_at_utc"] = utc_now()
             write_json(session_dir / "session.json", record)
             if nvml is not None:
                 nvml.close()
@@ -441,7 +438,7 @@ def _run_suite(suite: Suite, runs: list[RunSpec], results_root: Path, work_root:
               "runs)", flush=True)
         record["overhead"] = measure_overhead(session, overhead_run, n_overhead, session_dir / "overhead")
         print(f"  {describe_overhead(record['overhead'])}", flush=True)
-    record["finished_at_utc"] = _utc_now()
+    record["finished_at_utc"] = utc_now()
     record["harness_process_peak_rss_mib"] = harness_rss_mib()
     write_json(session_dir / "session.json", record)
     if nvml is not None:

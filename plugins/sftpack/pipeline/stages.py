@@ -31,6 +31,7 @@ from typing import Any
 
 from sftpack.artifacts import write_json
 from sftpack.errors import SftpackError
+from sftpack.provenance import utc_now
 
 DONE = "done.json"
 OWNED = ".sftpack-stage"   # written into a stage folder when sftpack creates it: only such folders are ever deleted
@@ -300,7 +301,7 @@ def _run(stage: Stage, plan: Plan, ctx: Context, reason: str) -> dict[str, Any]:
         (folder / "error.txt").write_text("".join(traceback.format_exception(err)), encoding="utf-8")
         raise StageFailed(stage.name, err, Path(log) if log else folder / "error.txt") from err
     record = {"stage": stage.name, "key": plan.key, "elapsed_s": round(time.monotonic() - stage_started, 2),
-              "outputs": outputs, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "outputs": outputs, "finished_utc": utc_now(),
               "ran_because": reason, "inputs": plan.inputs, "reads": plan.reads}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "error.txt").unlink(missing_ok=True)
