@@ -6,16 +6,17 @@
 Swift puts this file's folder (plugins/) first on sys.path and imports it by its file name, so `sftpack`
 imports from this checkout even when it is not installed. Which dataset_info.json: see
 `sftpack.swift_datasets` ($SFTPACK_DATASET_INFO, else ./dataset_info/ of the current directory).
+
+An entry Swift cannot be served (preference data, a missing file, ...) is skipped with one warning line; the
+run stops with one error line only when it asks for such an entry (or for an entry while the file is missing).
 """
 
 import sys
 
 from sftpack.errors import SftpackError
-from sftpack.swift_datasets import info_path, register_all
+from sftpack.swift_datasets import plugin_main
 
 try:
-    _names = register_all()
+    plugin_main()
 except SftpackError as err:
     sys.exit(f"sftpack: error: {err}")
-print(f"sftpack: registered {len(_names)} datasets for swift from {info_path()}: {', '.join(_names)}",
-      file=sys.stderr)

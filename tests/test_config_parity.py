@@ -5,7 +5,8 @@
   the model pointed at the tiny local model (no hub here) and, on a CPU, `use_cpu` (both refuse bf16 without);
 - each LF config has a Swift twin with the same normalised hyper-parameters (`sftpack.parity`);
 - one GSM8K training sample renders to the same token ids and labels through LLaMA-Factory's training
-  processor and Swift's template, with each config's template and system prompt.
+  processor and Swift's template, with each config's template and system prompt (the template's default: no
+  config pins one; switching templates is tested in test_nothing_lost_frameworks.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sftpack import frameworks as fw
-from sftpack.parity import differences, load_yaml, normalise_lf, normalise_swift
+from sftpack.parity import QWEN_SYSTEM, differences, load_yaml, normalise_lf, normalise_swift
 
 ALL_CONFIGS = sorted(fw.TRAIN_CONFIGS.rglob("*.yaml"))
 LF_CONFIGS = [p for p in ALL_CONFIGS if "stage" in load_yaml(p)]
@@ -56,6 +57,7 @@ def test_llamafactory_parses(path, tiny_model, tmp_path):
     assert data_args.cutoff_len == cfg["cutoff_len"] and data_args.template == cfg["template"]
     assert training_args.learning_rate == float(cfg["learning_rate"])
     assert training_args.bf16 is True
+    assert model_args.trust_remote_code is False  # Qwen2.5 is in transformers: no code from the hub runs
 
 
 @pytest.mark.parametrize("path", SWIFT_CONFIGS, ids=_id)
@@ -104,7 +106,7 @@ def test_pair_renders_identical_token_ids(lf, swift, tiny_model, workdir):
     row = json.loads((workdir / "dataset_info" / "gsm8k_train.jsonl").open().readline())
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    data_args = DataArguments(template=lf_cfg["template"], default_system=lf_cfg["default_system"],
+    data_args = DataArguments(template=lf_cfg["template"], default_system=lf_cfg.get("default_system"),
                               cutoff_len=lf_cfg["cutoff_len"])
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     processor = SupervisedDatasetProcessor(template=template, tokenizer=tokenizer, processor=None,
@@ -115,7 +117,7 @@ def test_pair_renders_identical_token_ids(lf, swift, tiny_model, workdir):
         system="", tools="", images=[], videos=[], audios=[])
 
     swift_template = get_template(get_processor(str(tiny_model), model_type="qwen2"),
-                                  default_system=sw_cfg["system"], max_length=sw_cfg["max_length"],
+                                  default_system=sw_cfg.get("system"), max_length=sw_cfg["max_length"],
                                   template_type=sw_cfg["template"], truncation_strategy="right")
     swift_template.set_mode("train")
     encoded = swift_template.encode({"messages": [{"role": "user", "content": row["question"]},
@@ -123,5 +125,7 @@ def test_pair_renders_identical_token_ids(lf, swift, tiny_model, workdir):
     assert encoded["input_ids"] == lf_ids
     assert encoded["labels"] == lf_labels
     text = tokenizer.decode(lf_ids)
-    assert text.startswith(f"<|im_start|>system\n{lf_cfg['default_system']}<|im_end|>\n<|im_start|>user\n")
+    system = normalise_lf(lf_cfg)["system"]  # no config pins it: the template's default (Qwen2.5's own)
+    assert system == normalise_swift(sw_cfg)["system"] == QWEN_SYSTEM
+    assert text.startswith(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n")
     assert text.endswith(row["answer"] + "<|im_end|>\n")

@@ -233,7 +233,7 @@ def test_chat_task_is_gsm8k_local_with_the_chat_prompt(manager):
     chat = _build(manager, "gsm8k-local-chat", limit=3)
     base = _build(manager, "gsm8k-local", limit=3)
     assert chat.config.num_fewshot == 0
-    assert chat.config.generation_kwargs["until"] == ["<|im_end|>", "<|endoftext|>"]
+    assert chat.config.generation_kwargs["until"] == ["<|im_end|>"]  # lm-eval adds the model's eos itself
     assert chat.config.generation_kwargs["do_sample"] is False
     assert chat.config.filter_list == base.config.filter_list  # upstream gsm8k's strict `#### N` and flexible
     assert chat.config.metric_list == base.config.metric_list
@@ -290,6 +290,17 @@ def test_cmmlu_subjects_and_prompts_are_upstreams(lm_eval_tasks):
     upstream_group = load_yaml(lm_eval_tasks / "cmmlu" / "_cmmlu.yaml", resolve_func=False)
     assert group["aggregate_metric_list"] == upstream_group["aggregate_metric_list"]
     assert group["task"] == [name.replace("cmmlu_", "cmmlu-local-", 1) for name in upstream_group["task"]]
+
+
+def test_generated_chat_task_is_up_to_date(tiny_model):
+    """gsm8k-local-chat.yaml is generated from train_configs/qwen_gsm8k.yaml (its template and system prompt)."""
+    from sftpack.evaluate.tasks import chat_task_yaml
+
+    generated = chat_task_yaml(REPO / "train_configs" / "qwen_gsm8k.yaml", tiny_model,
+                               shown="train_configs/qwen_gsm8k.yaml")
+    assert generated == (EVAL_TASKS / "gsm8k-local-chat.yaml").read_text(encoding="utf-8"), \
+        "regenerate: python -m sftpack.evaluate.tasks chat train_configs/qwen_gsm8k.yaml --tokenizer MODEL_DIR " \
+        "--out eval_tasks/gsm8k-local-chat.yaml"
 
 
 def test_generated_cmmlu_files_are_up_to_date(tmp_path):
@@ -377,7 +388,8 @@ def test_chat_task_sends_the_llamafactory_training_prompt(manager, eval_cwd, tin
         assert question in context
         assert tokenizer.decode(ids, skip_special_tokens=False) == context  # the same string
         assert lm.tok_encode(context) == ids  # and the same token ids, as lm-eval's hf model encodes it
-        # ... which is also the model's own (Qwen2.5) chat template with the pinned system prompt
+        # ... which is also the model's own (Qwen2.5) chat template with its default system prompt, the `qwen`
+        # template's default (no config pins one)
         system = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
         rendered = tokenizer.apply_chat_template([{"role": "system", "content": system},
                                                   {"role": "user", "content": question}],
@@ -397,7 +409,7 @@ def test_chat_task_sends_the_swift_training_prompt(manager, eval_cwd, tiny_model
 
     cfg = yaml.safe_load((REPO / "train_configs" / "swift" / "qwen_lora_gsm8k.yaml").read_text(encoding="utf-8"))
     processor = get_processor(str(tiny_model), model_type="qwen2", use_hf=True)
-    template = get_template(processor, default_system=cfg["system"], template_type=cfg["template"],
+    template = get_template(processor, default_system=cfg.get("system"), template_type=cfg["template"],
                             max_length=cfg["max_length"], truncation_strategy=cfg["truncation_strategy"])
     template.set_mode("train")
     entry = dataset_info.load(eval_cwd / "dataset_info" / "dataset_info.json")["gsm8k_test"]

@@ -5,7 +5,10 @@ with each framework's defaults filled in where the config leaves a key out, so t
 defaults differently shows up as a difference. `differences(a, b)` lists the keys that differ. Used by
 tests/test_config_parity.py and by the benchmark harness's fairness check.
 
-The template is compared by rendering (token ids), not here: `template`/`system` are kept only as given.
+The template is compared by rendering (token ids), not here. `system` is the system prompt a run trains with:
+the config's own (LF `default_system`, Swift `system`; "" = none) or else its template's default, because the
+system prompt belongs to the template choice (train_configs/README.md); "" when there is none, None when it
+cannot be known from the config (Swift without `template` takes the model's).
 """
 
 from __future__ import annotations
@@ -35,6 +38,46 @@ _SWIFT = {**_HF, "lr_scheduler_type": "cosine", "weight_decay": 0.1, "learning_r
           "gradient_accumulation_steps": None}
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# Each template's default system prompt, "" for none: LLaMA-Factory's `register_template(default_system=...)`
+# (llamafactory/data/template.py) and ms-swift's `TemplateMeta.default_system` (swift/template/templates/).
+# The templates below are read from this table (no framework import, and immune to LF writing a config's
+# `default_system` into its global registry, see frameworks/llamafactory.py); any other from the framework's
+# registry. tests/test_nothing_lost_frameworks.py checks the table against both registries.
+LF_TEMPLATE_SYSTEMS = {"qwen": QWEN_SYSTEM, "chatml": "", "empty": "", "default": "", "llama3": "",
+                       "alpaca": "Below is an instruction that describes a task. "
+                                 "Write a response that appropriately completes the request.\n\n"}
+SWIFT_TEMPLATE_SYSTEMS = {"qwen2_5": QWEN_SYSTEM, "qwen": "You are a helpful assistant.", "chatml": "",
+                          "default": "You are a helpful assistant.", "dummy": "", "llama3": ""}
+
+
+def lf_template_system(template: str | None) -> str | None:
+    """LLaMA-Factory's default system prompt for `template` ("" for none; None without a template, when LF
+    parses the tokenizer's chat template, or for a name LF does not know)."""
+    if template is None:
+        return None
+    if template in LF_TEMPLATE_SYSTEMS:
+        return LF_TEMPLATE_SYSTEMS[template]
+    try:
+        from llamafactory.data.template import TEMPLATES
+    except Exception:  # noqa: BLE001 - not installed or not importable here: unknown
+        return None
+    return TEMPLATES[template].default_system or "" if template in TEMPLATES else None
+
+
+def swift_template_system(template: str | None) -> str | None:
+    """ms-swift's default system prompt for `template` ("" for none; None without a template or for a name Swift
+    does not know)."""
+    if template is None:
+        return None
+    if template in SWIFT_TEMPLATE_SYSTEMS:
+        return SWIFT_TEMPLATE_SYSTEMS[template]
+    try:
+        from swift.template import TEMPLATE_MAPPING
+    except Exception:  # noqa: BLE001 - not installed or not importable here: unknown
+        return None
+    return TEMPLATE_MAPPING[template].default_system or "" if template in TEMPLATE_MAPPING else None
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -91,7 +134,7 @@ def normalise_lf(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "packing": bool(packing),
         "seed": int(c["seed"]),
         "dataset": sorted(str(dataset).split(",")) if dataset else None,
-        "system": c.get("default_system"),
+        "system": c["default_system"] if c.get("default_system") is not None else lf_template_system(c.get("template")),
     }
 
 
@@ -120,7 +163,7 @@ def normalise_swift(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "packing": bool(c["packing"]),
         "seed": int(c["seed"]),
         "dataset": sorted(str(d).split("#")[0] for d in dataset) if dataset else None,
-        "system": c.get("system"),
+        "system": c["system"] if c.get("system") is not None else swift_template_system(c.get("template")),
     }
 
 

@@ -3,10 +3,17 @@
 lm-eval itself skips a task file that fails to load with only a log line, and reports a missing data file as a
 hub download error. Here an unknown name lists the tasks that exist, and a missing data file names the resolved
 path and the command that writes it.
+
+It also generates the chat task from a training config, so that evaluation prompts a model exactly as its training
+did (the config's template and system prompt; eval_tasks/gsm8k-local-chat.yaml is generated from
+train_configs/qwen_gsm8k.yaml, and a test regenerates and compares it):
+
+    python -m sftpack.evaluate.tasks chat train_configs/qwen_gsm8k.yaml [--tokenizer MODEL_DIR] [--out FILE]
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -146,3 +153,130 @@ def check_tasks(names: list[str], include_path: Path, workdir: Path,
         finally:
             task_logger.setLevel(level)
     return leaves
+
+
+# ------------------------------------------------------------------------- the chat task, from a training config
+
+CHAT_TASK = "gsm8k-local-chat"
+CHAT_TASK_VERSION = "1.1"
+_QUESTION, _ANSWER = "QUESTIONSLOT", "ANSWERSLOT"   # plain words: every tokenizer round-trips them
+_JINJA = ("{{", "{%", "{#")
+
+
+def _jinja_literal(text: str) -> str:
+    """`text` as literal Jinja (lm-eval renders doc_to_text as a Jinja template)."""
+    return "{% raw %}" + text + "{% endraw %}" if any(mark in text for mark in _JINJA) else text
+
+
+def _quoted(text: str) -> str:
+    """A YAML double-quoted scalar (JSON's escapes are YAML's)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def chat_format(config: Path, tokenizer: Path | str | None = None) -> dict[str, Any]:
+    """The prompt and stop string of a model trained with `config` (an LLaMA-Factory or ms-swift training YAML),
+    cut out of one sample its framework encodes as training does (`Adapter.encode_sample`: the config's template
+    and system prompt, or the template's default): {framework, template, system, before, after, stop}, the
+    question going between `before` and `after`. `tokenizer`: a model folder (default: the config's model)."""
+    from sftpack.frameworks import ADAPTERS
+    from sftpack.parity import load_yaml
+
+    if not Path(config).is_file():
+        raise SftpackError(f"{config}: no such file (resolved: {Path(config).resolve()})")
+    cfg = load_yaml(config)
+    owners = [fw for fw in ADAPTERS.values() if fw.owns(cfg)]
+    if len(owners) != 1:
+        raise SftpackError(f"{config}: not a training config of one framework (keys {sorted(cfg)[:8]}...); expected "
+                           + " or ".join(f"{fw.name} ({', '.join(fw.config_keys)})" for fw in ADAPTERS.values()))
+    fw = owners[0]
+    tokenizer = tokenizer or cfg.get(fw.model_key)
+    if not tokenizer:
+        raise SftpackError(f"{config}: no {fw.model_key}; pass --tokenizer MODEL_DIR")
+    try:
+        sample = fw.encode_sample(cfg, tokenizer, [{"role": "user", "content": _QUESTION},
+                                                   {"role": "assistant", "content": _ANSWER}])
+    except (OSError, ValueError, KeyError) as err:  # no such model folder / template (the frameworks' own words)
+        raise SftpackError(f"{config}: cannot render template {cfg.get('template')!r} with the tokenizer of "
+                           f"{tokenizer}: {err}") from None
+    if sample.prompt.count(_QUESTION) != 1 or _ANSWER not in sample.response:
+        raise SftpackError(f"{config}: the {cfg.get('template')} template does not render the question once "
+                           f"and the answer after it (prompt {sample.prompt!r}, response {sample.response!r})")
+    before, after = sample.prompt.split(_QUESTION)
+    stop = sample.response.split(_ANSWER, 1)[1].strip()
+    return {"framework": fw.name, "template": cfg.get("template"), "system": fw.normalise(cfg)["system"],
+            "before": before, "after": after, "stop": stop}
+
+
+def chat_task_yaml(config: Path, tokenizer: Path | str | None = None, task: str = CHAT_TASK,
+                   shown: str | None = None) -> str:
+    """The lm-eval task YAML of GSM8K in the chat format `config` trains (see `chat_format`); `shown`: how the
+    config is named in the file's header (default: its path)."""
+    fmt = chat_format(config, tokenizer)
+    shown = shown or str(config)
+    system = _quoted(fmt["system"]) if fmt["system"] else "none"
+    until = [fmt["stop"]] if fmt["stop"] else []
+    lines = [
+        f"# {task}: GSM8K, 0-shot, in the chat format of training with {shown}",
+        f"# ({fmt['framework']}, template {fmt['template']}; system prompt: {system}).",
+        "# The prompt and the stop string are cut from that framework's own encoding of a training sample; lm-eval",
+        "# adds the model's eos to the stop strings itself. Filters and metric are upstream gsm8k's: the strict",
+        "# match is the `#### N` line the SFT data teaches.",
+        "#",
+        "# GENERATED, do not edit: another template or system prompt is a change of the training config, then",
+        f"#   python -m sftpack.evaluate.tasks chat {shown} --task {task} --out FILE.yaml",
+        "# (add --tokenizer MODEL_DIR when the config's model is not on this machine).",
+        "# Do not add `--apply_chat_template`: the prompt already is the chat format (it would be wrapped twice).",
+        "#",
+        "# Run from the folder that holds dataset_info/ (data_files resolve against the current directory):",
+        f"#   lm_eval --model hf --model_args pretrained=MODEL[,peft=ADAPTER] --tasks {task} --include_path eval_tasks",
+        "include: gsm8k-local.yaml",
+        f"task: {task}",
+        "num_fewshot: 0",
+        f"doc_to_text: {_quoted(_jinja_literal(fmt['before']) + '{{question}}' + _jinja_literal(fmt['after']))}",
+        "generation_kwargs:",
+        "  until:" + ("" if until else " []"),
+        *[f"    - {_quoted(stop)}" for stop in until],
+        "  do_sample: false",
+        "  temperature: 0.0",
+        "  max_gen_toks: 512   # every GSM8K solution fits: at most 1,228 bytes, 466 tokens even with the tiny "
+        "model's 3k vocab",
+        "metadata:",
+        f"  version: {CHAT_TASK_VERSION}        # bump when the prompt changes (eval_tasks/README.md changelog)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import contextlib
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m sftpack.evaluate.tasks",
+                                     description="Generate lm-eval tasks from a training config.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    chat = sub.add_parser("chat", help="GSM8K in the chat format a training config trains (its template and "
+                                       "system prompt)")
+    chat.add_argument("config", type=Path, help="an LLaMA-Factory or ms-swift training YAML")
+    chat.add_argument("--tokenizer", help="model folder whose tokenizer renders the template (default: the "
+                                          "config's model)")
+    chat.add_argument("--task", default=CHAT_TASK, help=f"task name (default: {CHAT_TASK})")
+    chat.add_argument("--out", type=Path, help="write the YAML here (default: print it)")
+    args = parser.parse_args(argv)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the frameworks log to stdout; stdout is the YAML
+            text = chat_task_yaml(args.config, args.tokenizer, args.task)
+    except SftpackError as err:
+        print(f"sftpack: error: {err}", file=sys.stderr)
+        return 1
+    if args.out:
+        from sftpack.artifacts import write_text
+
+        write_text(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

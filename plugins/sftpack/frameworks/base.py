@@ -10,11 +10,30 @@ Callers (the training core, bench, pipeline, fairness) never branch on a framewo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from sftpack.frameworks.common import executable
 from sftpack.frameworks.logs import TrainLog, read_jsonl
+
+IGNORE_INDEX = -100  # the label of a token trained on nothing (both frameworks)
+
+
+@dataclass
+class Sample:
+    """One chat sample as a framework's training encodes it: ids, labels, and the two parts decoded (special
+    tokens kept) — `prompt` (no labels: what the model is given at inference) and `response`."""
+
+    input_ids: list[int]
+    labels: list[int]
+    prompt: str
+    response: str
+
+    @classmethod
+    def of(cls, input_ids: list[int], labels: list[int], decode: Callable[[list[int]], str]) -> "Sample":
+        start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+        return cls(list(input_ids), list(labels), decode(input_ids[:start]), decode(input_ids[start:]))
 
 
 class Adapter:
@@ -27,6 +46,8 @@ class Adapter:
     log_file: str = ""                    # the framework's per-step JSONL log in output_dir
     raw_logs: tuple[str, ...] = ()        # the framework's own log files, copied next to result.json
     tiny_cpu: Mapping[str, Any] = {}      # overrides every shipped config needs on the tiny model on a CPU
+    model_key: str = ""                   # the config key naming the model (its tokenizer renders the chat format)
+    config_keys: tuple[str, ...] = ()     # keys only this framework's training configs have
 
     # -- the command ----------------------------------------------------------------------------------------
     def command(self, config: Path, overrides: Mapping[str, Any]) -> list[str]:
@@ -51,6 +72,18 @@ class Adapter:
 
     def speed_options(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """Attention kernel, Liger, gradient checkpointing, packing, DeepSpeed/FSDP in one vocabulary."""
+        raise NotImplementedError
+
+    def owns(self, config: Mapping[str, Any]) -> bool:
+        """Whether `config` is a training config of this framework."""
+        return any(key in config for key in self.config_keys)
+
+    # -- the chat format -----------------------------------------------------------------------------------
+    def encode_sample(self, config: Mapping[str, Any], tokenizer: Path | str,
+                      messages: list[dict[str, str]]) -> Sample:
+        """`messages` (a leading system turn optional, the last turn the assistant's) encoded as this framework's
+        training encodes them with `config`'s template and system prompt (its own, else the template's
+        default), with the tokenizer of the model folder `tokenizer`."""
         raise NotImplementedError
 
     # -- after the run -------------------------------------------------------------------------------------

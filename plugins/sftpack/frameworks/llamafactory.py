@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sftpack import parity
-from sftpack.frameworks.base import Adapter
+from sftpack.frameworks.base import Adapter, Sample
 from sftpack.frameworks.common import text
 from sftpack.frameworks.logs import GIB_TO_MIB, TrainLog, max_number
 
@@ -29,6 +29,7 @@ class LlamaFactory(Adapter):
     harness_keys = ("model_name_or_path", "output_dir", "include_num_input_tokens_seen")
     log_file, raw_logs = LOG, (LOG,) + RESULTS
     tiny_cpu = {"bf16": False, "preprocessing_num_workers": 1, "plot_loss": False, "dataloader_num_workers": 0}
+    model_key, config_keys = "model_name_or_path", ("model_name_or_path", "stage", "finetuning_type")
 
     def command(self, config: Path, overrides: Mapping[str, Any]) -> list[str]:
         return self._cli() + [str(config)] + [f"{key}={text(value)}" for key, value in overrides.items()]
@@ -44,6 +45,39 @@ class LlamaFactory(Adapter):
 
     def normalise(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return parity.normalise_lf(config)
+
+    def encode_sample(self, config: Mapping[str, Any], tokenizer: Path | str,
+                      messages: list[dict[str, str]]) -> Sample:
+        """LF's training processor (SupervisedDatasetProcessor) on one sample, as `llamafactory-cli train` does.
+
+        LF's `get_template_and_fix_tokenizer` writes `default_system` into its global TEMPLATES registry, so in
+        one process a later config without `default_system` would inherit an earlier one's: the template is
+        rendered from a copy."""
+        import copy
+
+        from llamafactory.data import template as lf_templates
+        from llamafactory.data.processor import SupervisedDatasetProcessor
+        from llamafactory.hparams import DataArguments
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(tokenizer))
+        data_args = DataArguments(template=config.get("template"), default_system=config.get("default_system"),
+                                  cutoff_len=int(config.get("cutoff_len", 2048)))
+        name = data_args.template
+        registered = lf_templates.TEMPLATES.get(name) if name else None
+        if registered is not None:
+            lf_templates.TEMPLATES[name] = copy.deepcopy(registered)
+        try:
+            template = lf_templates.get_template_and_fix_tokenizer(tok, data_args)
+        finally:
+            if registered is not None:
+                lf_templates.TEMPLATES[name] = registered
+        system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+        turns = messages[1:] if messages[0]["role"] == "system" else messages
+        processor = SupervisedDatasetProcessor(template=template, tokenizer=tok, processor=None, data_args=data_args)
+        ids, labels = processor._encode_data_example(prompt=turns[:-1], response=turns[-1:], system=system, tools="",
+                                                     images=[], videos=[], audios=[])
+        return Sample.of(ids, labels, lambda part: tok.decode(part, skip_special_tokens=False))
 
     def speed_options(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return {"attention": config.get("flash_attn", "auto"),

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sftpack import parity
-from sftpack.frameworks.base import Adapter
+from sftpack.frameworks.base import Adapter, Sample
 from sftpack.frameworks.common import SWIFT_PLUGIN, last_checkpoint, text
 from sftpack.frameworks.logs import GIB_TO_MIB, TrainLog, max_number
 
@@ -41,6 +41,7 @@ class Swift(Adapter):
         "dataloader_num_workers": 0,
         "dataloader_persistent_workers": False,  # required together with 0 workers
     }
+    model_key, config_keys = "model", ("model", "tuner_type")
 
     def command(self, config: Path, overrides: Mapping[str, Any]) -> list[str]:
         cmd = self._cli() + [str(config)]
@@ -65,6 +66,23 @@ class Swift(Adapter):
 
     def normalise(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return parity.normalise_swift(config)
+
+    def encode_sample(self, config: Mapping[str, Any], tokenizer: Path | str,
+                      messages: list[dict[str, str]]) -> Sample:
+        """Swift's template in training mode on one sample, as `swift sft` encodes a row."""
+        from swift.model import get_processor
+        from swift.template import get_template
+
+        model_type = config.get("model_type") or self.local_model_overrides(Path(tokenizer)).get("model_type")
+        processor = get_processor(str(tokenizer), model_type=model_type)
+        strategy = config.get("truncation_strategy", "delete")  # Swift's 'delete' = the template raises, row dropped
+        template = get_template(processor, default_system=config.get("system"), max_length=config.get("max_length"),
+                                template_type=config.get("template"),
+                                truncation_strategy="raise" if strategy == "delete" else strategy)
+        template.set_mode("train")
+        encoded = template.encode({"messages": [dict(message) for message in messages]})
+        return Sample.of(encoded["input_ids"], encoded["labels"],
+                         lambda part: processor.decode(part, skip_special_tokens=False))
 
     def speed_options(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return {"attention": config.get("attn_impl") or "auto",
