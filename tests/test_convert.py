@@ -74,6 +74,7 @@ def test_local_formats_give_identical_files(fmt, tmp_path):
     import datasets
 
     rows = [json.loads(line) for line in sample_path("gsm8k", "test").read_text().splitlines()[:50]]
+    held = [json.loads(line) for line in sample_path("gsm8k", "train").read_text().splitlines()[:5]]  # no overlap
     src = tmp_path / "src"
     src.mkdir()
     if fmt == "jsonl":
@@ -86,12 +87,12 @@ def test_local_formats_give_identical_files(fmt, tmp_path):
         datasets.Dataset.from_list(rows).to_parquet(str(source))
     elif fmt == "arrow_folder":  # what load_dataset(...).save_to_disk writes
         datasets.DatasetDict({"train": datasets.Dataset.from_list(rows),
-                              "test": datasets.Dataset.from_list(rows[:5])}).save_to_disk(str(src / "saved"))
+                              "test": datasets.Dataset.from_list(held)}).save_to_disk(str(src / "saved"))
         source = src / "saved"
     else:  # openai/gsm8k's own repo layout: main/train-00000-of-00001.parquet
         (src / "main").mkdir()
         datasets.Dataset.from_list(rows).to_parquet(str(src / "main" / "train-00000-of-00001.parquet"))
-        datasets.Dataset.from_list(rows[:5]).to_parquet(str(src / "main" / "test-00000-of-00001.parquet"))
+        datasets.Dataset.from_list(held).to_parquet(str(src / "main" / "test-00000-of-00001.parquet"))
         source = src
     out = tmp_path / "dataset_info"
     assert prepare("--source", str(source), "--out", str(out)) == 0
@@ -119,7 +120,7 @@ def test_bad_input_names_file_line_field_and_changes_nothing(case, out, tmp_path
     source = tmp_path / "bad.jsonl"
     source.write_bytes(content)
     before = snapshot(out)
-    assert prepare("--source", str(source), "--out", str(out)) == 1
+    assert prepare("--source", str(source), "--out", str(out), "--splits", "train") == 1
     err = capsys.readouterr().err
     assert str(source) in err and problem in err
     if where:
@@ -132,11 +133,19 @@ def test_bad_input_names_file_line_field_and_changes_nothing(case, out, tmp_path
 def test_skip_invalid_reports_count_and_lines(out, tmp_path, capsys):
     rows = [GOOD, {"question": "q"}, GOOD, {"question": "q", "answer": "no number"}, GOOD]
     source = write_jsonl(tmp_path / "mixed.jsonl", rows)
-    assert prepare("--source", str(source), "--out", str(out)) == 1
-    assert prepare("--source", str(source), "--out", str(out), "--skip-invalid") == 0
+    assert prepare("--source", str(source), "--out", str(out), "--splits", "train") == 1
+    before = snapshot(out)
+    assert prepare("--source", str(source), "--out", str(out), "--splits", "train", "--skip-invalid") == 1
+    assert "2 of 5 rows invalid (40.00%), more than --max-invalid 1% allows" in capsys.readouterr().err
+    assert snapshot(out) == before, "above --max-invalid nothing is written"
+    assert prepare("--source", str(source), "--out", str(out), "--splits", "train", "--max-invalid", "2") == 0
     printed = capsys.readouterr().out
     assert "skipped 2 invalid rows: line 2 (answer); line 4 (answer)" in printed
+    assert f"every skipped row and why: {out / 'gsm8k_train.skipped.jsonl'}" in printed
     assert len((out / "gsm8k_train.jsonl").read_text().splitlines()) == 3
+    skipped = [json.loads(line) for line in (out / "gsm8k_train.skipped.jsonl").read_text().splitlines()]
+    assert [(s["where"], s["field"], s["row"]) for s in skipped] == [("line 2", "answer", rows[1]),
+                                                                    ("line 4", "answer", rows[3])]
 
 
 def test_malformed_dataset_info_is_reported_and_kept(tmp_path, capsys):

@@ -144,14 +144,24 @@ def test_cmmlu_option_shuffle_and_epoch_split(built, shared_data):
     for path in files:
         with path.open(encoding="utf-8", newline="") as handle:
             per_subject[path.stem] = list(csv.DictReader(handle))
-    questions = sum(len(rows) for rows in per_subject.values())
-    assert questions == 11_582 and len(per_subject) == 67
+    assert sum(len(rows) for rows in per_subject.values()) == 11_582 and len(per_subject) == 67
+    # CMMLU repeats some questions (same options, maybe reordered): the recipe keeps the first copy of each
+    seen, kept = set(), {}
+    for subject, rows_ in per_subject.items():
+        for r in rows_:
+            key = (norm_question(r["Question"]), tuple(sorted(norm_question(r[k]) for k in "ABCD")))
+            if key not in seen:
+                seen.add(key)
+                kept.setdefault(subject, []).append(r)
+    questions = sum(len(rows) for rows in kept.values())
+    assert questions == 11_541
 
     result = built["cmmlu_mcq_epoch"]
+    assert (result.steps[0].rows_in, result.steps[0].rows_out) == (11_582, questions)
     sizes = {o.dataset: o.rows for o in result.outputs}
     assert sizes == {"cmmlu_mcq_train": 4 * questions - 2 * 20 * 67, "cmmlu_mcq_valid": 20 * 67,
                      "cmmlu_mcq_test": 20 * 67}
-    split = result.steps[1]
+    split = result.steps[2]
     assert split.details["last_variant"] == 3
     assert all(g["valid"] == 20 and g["test"] == 20 for g in split.details["per_group"].values())
     assert sorted(split.details["per_group"]) == sorted(per_subject)
@@ -166,7 +176,7 @@ def test_cmmlu_option_shuffle_and_epoch_split(built, shared_data):
         assert list(letters) == ["A", "B", "C", "D"] and letters[letter] == text  # the answer is at its letter
         by_question.setdefault((question, tuple(sorted(letters.values())), text), []).append(letter)
     truth = Counter((r["Question"], tuple(sorted(r[k] for k in "ABCD")), r[r["Answer"]])
-                    for rows_ in per_subject.values() for r in rows_)
+                    for rows_ in kept.values() for r in rows_)
     assert Counter({k: len(v) // 4 for k, v in by_question.items()}) == truth
     for key, letters in by_question.items():
         if truth[key] == 1:  # 1 original + 3 shuffles: the answer sits at four different letters
@@ -436,7 +446,7 @@ def test_unknown_steps_keys_and_vars_list_what_is_allowed(tmp_path, shared_data,
     with pytest.raises(SftpackError, match=r"line 4: steps\[1\]: unknown step 'dedup'. Steps: \[.*'exact_dedup'"):
         load_recipe(write_recipe(tmp_path / "a", GSM_RECIPE.format(path=data, steps="  - dedup: {}")))
     with pytest.raises(SftpackError, match=r"line 4: steps\[1\] \(exact_dedup\): unknown keys \['feilds'\]. "
-                                           r"Expected: \['inputs', 'fields', 'normalize'\]"):
+                                           r"Expected: \['inputs', 'fields', 'normalize', 'any_order'\]"):
         load_recipe(write_recipe(tmp_path / "b", GSM_RECIPE.format(path=data,
                                                                    steps="  - exact_dedup: {feilds: [q]}")))
     with pytest.raises(SftpackError, match=r"normalize.*unknown \['casefold'\]. Expected: \['nfkc', 'lower'"):

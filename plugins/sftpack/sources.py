@@ -3,8 +3,15 @@
 Every row is yielded with its location (`line 12` of a jsonl file, `row 12` of a table) so that errors can
 name it. Local formats: `.jsonl`, `.json` (JSON lines or one array), `.parquet`, `.arrow` (both the stream
 format that `datasets.save_to_disk` writes and the file format), `.csv`, and folders holding a split's files:
-`{split}.jsonl|json|parquet|csv`, `{split}-*.parquet` / `data/{split}-*.parquet` (a hub repo's layout), or a
-`save_to_disk` folder (`dataset_dict.json` + `{split}/data-*.arrow`).
+`{split}.jsonl|json|parquet|csv|arrow`, `{split}-*.parquet|arrow` / `data/{split}-*.parquet` / `main/{split}-*.parquet`
+(a hub repo's layout), `*-{split}.arrow` / `*-{split}-00000-of-00002.arrow` (the `datasets` cache layout,
+e.g. `gsm8k-train.arrow`), a `save_to_disk` folder (`dataset_dict.json` + `{split}/data-*.arrow`), or one
+split's `save_to_disk` folder (`state.json` + `data-*.arrow`). Two different layouts for one split in a folder
+are an error, never a silent pick or a concatenation.
+
+Which split a single file holds is read from its name only when the name is unambiguous (`split_in_name`).
+Local path or hub id: `sftpack.paths.looks_local` decides (the one rule); a missing local-looking path is "no
+such file or folder" at once.
 """
 
 from __future__ import annotations
@@ -17,11 +24,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sftpack.errors import SftpackError
+from sftpack.paths import hubs_off, looks_local
 
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MODELSCOPE_PREFIX = "modelscope/"
 TABLE_SUFFIXES = (".parquet", ".arrow")
 FILE_SUFFIXES = (".jsonl", ".json", ".csv") + TABLE_SUFFIXES
+# A word in a file name -> the split it names (`gsm8k-test.arrow`, `train-00000-of-00001.parquet`, `dev.jsonl`).
+SPLIT_WORDS = {"train": "train", "training": "train", "test": "test", "testing": "test", "eval": "test",
+               "evaluation": "test", "validation": "validation", "valid": "validation", "val": "validation",
+               "dev": "validation"}
+_WORD_RE = re.compile(r"[^a-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -124,23 +136,67 @@ def iter_file(path: Path) -> Iterator[Located]:
     raise SftpackError(f"{path}: unsupported file type '{path.suffix}'; expected one of {list(FILE_SUFFIXES)}")
 
 
+def split_in_name(path: Path) -> str | None:
+    """The split that a file's name (or, for a generic name, its folder's name) says it holds.
+
+    `gsm8k-test.arrow` -> 'test', `train-00000-of-00001.parquet` -> 'train', `test/data-00000-of-00001.arrow`
+    -> 'test', `dev.jsonl` -> 'validation'; None when the name names no split (`mydata.jsonl`). A name that names
+    two (`train_test.jsonl`) is an error asking for --splits.
+    """
+    path = Path(path)
+    found = sorted({SPLIT_WORDS[w] for w in _WORD_RE.split(path.name.lower()) if w in SPLIT_WORDS})
+    if not found and path.parent.name.lower() in SPLIT_WORDS:
+        found = [SPLIT_WORDS[path.parent.name.lower()]]
+    if len(found) > 1:
+        raise SftpackError(f"{path}: its name names several splits ({', '.join(found)}); pass --splits with the "
+                           "one it holds")
+    return found[0] if found else None
+
+
+def is_split_folder(folder: Path) -> bool:
+    """One split written by `Dataset.save_to_disk`: `state.json` + `data-*.arrow` (no `dataset_dict.json`)."""
+    return (folder / "state.json").is_file() and any(folder.glob("data-*.arrow"))
+
+
 def split_files(folder: Path, split: str) -> list[Path]:
-    """The files that hold `split` in a local dataset folder (empty when there are none)."""
-    for suffix in (".jsonl", ".json", ".parquet", ".csv"):
+    """The files that hold `split` in a local dataset folder (empty when there are none).
+
+    Raises SftpackError when two different layouts hold it (`train.jsonl` and `train-*.parquet`, or GSM8K's
+    `main/train-*.parquet` and `socratic/train-*.parquet`): which one was meant is the user's call.
+    """
+    if is_split_folder(folder):
+        named = SPLIT_WORDS.get(folder.name.lower())
+        return sorted(folder.glob("data-*.arrow")) if named == split else []
+    groups: list[list[Path]] = []
+    for suffix in (".jsonl", ".json", ".parquet", ".csv", ".arrow"):
         single = folder / f"{split}{suffix}"
         if single.is_file():
-            return [single]
-    for pattern in (f"{split}-*.parquet", f"data/{split}-*.parquet", f"*/{split}-*.parquet"):
-        shards = sorted(folder.glob(pattern))
-        if shards:
-            return shards
+            groups.append([single])
+    shard = "[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]"
+    for pattern in (f"{split}-*.parquet", f"{split}-*.arrow", f"*/{split}-*.parquet", f"*-{split}.arrow",
+                    f"*-{split}-{shard}.arrow"):
+        by_folder: dict[Path, list[Path]] = {}
+        for path in sorted(folder.glob(pattern)):
+            by_folder.setdefault(path.parent, []).append(path)
+        groups += list(by_folder.values())
     if (folder / "dataset_dict.json").is_file():
-        return sorted((folder / split).glob("data-*.arrow"))
-    return []
+        groups.append(sorted((folder / split).glob("data-*.arrow")))
+    distinct: list[list[Path]] = []
+    for group in groups:
+        if group and group not in distinct:
+            distinct.append(group)
+    if len(distinct) > 1:
+        shown = "; ".join(", ".join(str(p.relative_to(folder)) for p in g[:2]) + (" ..." if len(g) > 2 else "")
+                          for g in distinct)
+        raise SftpackError(f"{folder}: several sets of files hold split '{split}' ({shown}); pass the one you mean "
+                           "as the source (a file, or its folder)")
+    return distinct[0] if distinct else []
 
 
 def is_hub_id(source: str) -> bool:
-    return not Path(source).exists() and HUB_ID_RE.match(source) is not None
+    """True when `source` is not a local path by sftpack.paths' rule (exists, starts with . / ~, has a file
+    extension, has more than one '/', or its first part is an existing folder), so it is read from a hub."""
+    return not looks_local(source)
 
 
 def iter_hub(source: str, subset: str | None, split: str) -> Iterator[Located]:
@@ -162,7 +218,10 @@ def iter_hub(source: str, subset: str | None, split: str) -> Iterator[Located]:
     except Exception as err:  # the hubs raise many types: network, auth, offline mode, missing repo
         hub = "ModelScope" if on_modelscope else "the HuggingFace hub"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SftpackError(f"cannot load '{source}' (subset {subset}, split {split}) from {hub}: {first}. "
+        off = hubs_off()
+        off = (f" (the hubs are off here, {off.removeprefix('offline: ')}: only a cached copy could be read)"
+               if off else "")
+        raise SftpackError(f"cannot load '{source}' (subset {subset}, split {split}) from {hub}{off}: {first}. "
                            f"{hint}") from None
     for number, row in enumerate(dataset, start=1):
         yield Located(source, f"row {number}", dict(row))
@@ -170,15 +229,35 @@ def iter_hub(source: str, subset: str | None, split: str) -> Iterator[Located]:
 
 def iter_source(source: str, subset: str | None, split: str) -> Iterator[Located]:
     """Rows of `split` from `source`: a hub id, a folder, or (for a single split) a file."""
-    path = Path(source)
+    path = Path(source).expanduser()
     if is_hub_id(source):
         return iter_hub(source, subset, split)
     if not path.exists():
         raise SftpackError(f"{source}: no such file or folder (resolved to {path.resolve()})")
     if path.is_file():
         return iter_file(path)
-    files = split_files(path, split)
+    files = sorted(path.glob("data-*.arrow")) if is_split_folder(path) else split_files(path, split)
     if not files:
         raise SftpackError(f"{path.resolve()}: no files for split '{split}' (looked for {split}.jsonl|json|"
-                           f"parquet|csv, {split}-*.parquet and a save_to_disk folder)")
+                           f"parquet|csv|arrow, {split}-*.parquet, *-{split}.arrow and a save_to_disk folder)")
     return (located for file in files for located in iter_file(file))
+
+
+def single_split(source: str) -> Path | None:
+    """The local file or save_to_disk split folder when `source` is one split; None for a dataset folder or hub id."""
+    path = Path(source).expanduser()
+    if is_hub_id(source) or not path.exists():
+        return None
+    return path if path.is_file() or is_split_folder(path) else None
+
+
+def local_files(source: str, splits: tuple[str, ...]) -> list[Path]:
+    """The local files a source's splits are read from (empty for a hub id or a missing path)."""
+    path = Path(source).expanduser()
+    if is_hub_id(source) or not path.exists():
+        return []
+    if path.is_file():
+        return [path]
+    if is_split_folder(path):
+        return sorted(path.glob("data-*.arrow"))
+    return [file for split in splits for file in split_files(path, split)]

@@ -9,11 +9,19 @@ beside it. `--tokenizer DIR` copies that tokenizer folder instead (e.g. Qwen2.5'
 `sftpack.qwen_tokenizer`); its bos/eos/pad ids go into the configs. The same seed gives byte-identical files.
 The folder loads in transformers 4.57 and 5.x, in LLaMA-Factory (`template: qwen`), ms-swift
 (`--model_type qwen2`) and lm-eval (`--model hf`).
+
+The folder is built in a temp folder beside it and moved into place at the end, with a marker
+(`.sftpack-model.json`: every file and its sha256). A folder that holds a model sftpack did not build (a
+`config.json` or weights without the marker, or changed since) is refused before any work unless
+`overwrite=True` (`--overwrite`); rebuilding sftpack's own replaces it, and other files there are kept.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 from sftpack.errors import SftpackError
@@ -159,21 +167,124 @@ def _tokenizer_line(tokenizer, folder: Path | None) -> str:
     return f"Tokenizer: copied from `{folder.name}` ({len(tokenizer):,} tokens; {specials}).\n"
 
 
-def build(out_dir: Path, seed: int = 0, shape: str = "tiny", tokenizer: Path | None = None) -> Path:
+MARKER = ".sftpack-model.json"
+MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack")
+MODEL_NAMES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def _marker(folder: Path) -> dict:
+    try:
+        return json.loads((folder / MARKER).read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+_HASHED: dict[tuple, str] = {}   # (path, size, mtime) -> sha256: weights of GBs are read once per run
+
+
+def _unchanged(path: Path, record: dict | None) -> bool:
+    from sftpack.dataset_info import file_sha256
+
+    if record is None or not path.is_file():
+        return False
+    stat = path.stat()
+    if stat.st_size != record.get("size"):
+        return False
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = file_sha256(path)
+    return _HASHED[key] == record.get("sha256")
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, a folder holding a model (config.json, weights) that sftpack did not build."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise SftpackError(f"{out}: {folder} is a file, not a folder; nothing was written")
+            break
+    if overwrite or not out.is_dir():
+        return
+    owned = _marker(out)
+    foreign = [p.name for p in sorted(out.iterdir())
+               if (p.name in MODEL_NAMES or p.name.endswith(MODEL_SUFFIXES)) and not _unchanged(p, owned.get(p.name))]
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise SftpackError(f"{out}: holds a model sftpack did not build, or one changed since ({shown}); nothing was "
+                           "changed. Choose another folder, or pass --overwrite to replace it")
+
+
+def _move_into(built: Path, out: Path, overwrite: bool) -> None:
+    """Move the built files into `out`: a rename when `out` is new or empty; else file by file, the marker last,
+    removing what sftpack built there before and no longer builds (if unchanged)."""
+    from sftpack.convert import signals_held
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(built, 0o777 & ~umask)   # mkdtemp makes 0700; a folder made by mkdir gets this
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        with signals_held():
+            os.rename(built, out)
+        return
+    owned = _marker(out)
+    new = _marker(built)
+    folders = [name for name in [*new, MARKER] if (out / name).is_dir()]
+    if folders:
+        raise SftpackError(f"{out}: {', '.join(folders)} is a folder where the model has a file; nothing was changed")
+    if not overwrite:
+        clash = [name for name in new if (out / name).exists() and not _unchanged(out / name, owned.get(name))
+                 and not _unchanged(out / name, new[name])]
+        if clash:
+            raise SftpackError(f"{out}: {', '.join(clash[:4])} would be replaced, and sftpack did not write them (or "
+                               "they were changed since); nothing was changed. Pass --overwrite to replace them")
+    with signals_held():
+        (out / MARKER).unlink(missing_ok=True)
+        for name in new:
+            os.replace(built / name, out / name)
+        for name, record in owned.items():
+            if name not in new and _unchanged(out / name, record):
+                (out / name).unlink()
+        os.replace(built / MARKER, out / MARKER)
+
+
+def build(out_dir: Path, seed: int = 0, shape: str = "tiny", tokenizer: Path | None = None,
+          overwrite: bool = False) -> Path:
     """Write tokenizer + randomly initialised Qwen2ForCausalLM of `shape` to `out_dir`; return it.
 
     `tokenizer`: a tokenizer folder to copy instead of training the tiny GSM8K one (e.g. Qwen2.5's, built by
-    `sftpack.qwen_tokenizer.build`); the config's bos/eos/pad ids are that tokenizer's.
+    `sftpack.qwen_tokenizer.build`); the config's bos/eos/pad ids are that tokenizer's. A folder holding a
+    model sftpack did not build is refused unless `overwrite` (see the module docstring).
     """
+    from sftpack.artifacts import clean_stale_temps, temp_dir
+    from sftpack.convert import interruptible
+
     if shape not in SHAPES:
         raise ValueError(f"Unknown shape {shape!r}. Expected: {sorted(SHAPES)}")
+    out = Path(out_dir)
+    _check_target(out, overwrite)
     folder = Path(tokenizer) if tokenizer is not None else None
     tok = _load_tokenizer(folder) if folder is not None else build_tokenizer()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for note in clean_stale_temps(out.parent, files=False):
+        print(f"sftpack: {note}", file=sys.stderr)
+    built = temp_dir(out.parent, "build")
+    try:
+        with interruptible():
+            _write_model(built, seed, shape, tok, folder)
+            _move_into(built, out, overwrite)
+    finally:
+        shutil.rmtree(built, ignore_errors=True)
+    return out
+
+
+def _write_model(out: Path, seed: int, shape: str, tok, folder: Path | None) -> None:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from sftpack.artifacts import file_mode
+    from sftpack.dataset_info import file_sha256
+
     tok.save_pretrained(out)
     ids = _special_ids(tok)
     rope_theta = 1000000.0
@@ -208,4 +319,10 @@ def build(out_dir: Path, seed: int = 0, shape: str = "tiny", tokenizer: Path | N
               "accuracy measured with it means nothing; time and memory per token match the shape.\n\n"
               + _tokenizer_line(tok, folder))
     (out / "README.md").write_text(readme)
-    return out
+    for path in out.iterdir():
+        path.chmod(file_mode())   # safetensors writes 0600; give every file the mode open() would
+    files = {p.name: {"sha256": file_sha256(p), "size": p.stat().st_size} for p in sorted(out.iterdir()) if p.is_file()}
+    marker = {"written_by": "sftpack tiny-model", "shape": shape, "seed": seed,
+              "tokenizer": folder.name if folder is not None else None, "files": files,
+              "note": "sftpack replaces these files on a rebuild only while they are unchanged"}
+    (out / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")

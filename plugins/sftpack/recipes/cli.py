@@ -1,6 +1,6 @@
 """`sftpack recipe FILE.yaml [FILE.yaml ...]`: run data recipes and mixture files, in the order given.
 
-    sftpack recipe dataset_info/recipes/gsm8k_dedup_budget.yaml --var tokenizer=runs/tiny-model
+    sftpack recipe dataset_info/recipes/gsm8k_dedup_budget.yaml --var tokenizer=./runs/tiny-model
     sftpack recipe dataset_info/recipes/math_mix.yaml           # a mixture file (top-level `mixture:`)
     sftpack recipe --check dataset_info/recipes/*.yaml          # load and check only
     sftpack recipe --steps                                      # the steps and their keys
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import typing
 from pathlib import Path
 
@@ -75,12 +74,13 @@ def cmd_recipe(args: argparse.Namespace) -> int:
             print(f"{path}: ok")
             continue
         if mixture:
-            result = mixlib.run_mixture(path, args.out, own)
+            result = mixlib.run_mixture(path, args.out, own, overwrite=args.overwrite)
             print(f"{path}: mixture -> {result.file.resolve()}")
             for command in result.commands():
                 print(f"  {command}")
             continue
-        result = runlib.run_recipe(path, args.out, own, workers=args.workers, progress=not args.quiet)
+        result = runlib.run_recipe(path, args.out, own, workers=args.workers, progress=not args.quiet,
+                                   overwrite=args.overwrite, allow_overlap=args.allow_overlap)
         print(summary(result))
     return 0
 
@@ -129,6 +129,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="override a var declared under `vars:` (repeatable)")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes for large inputs (default: CPUs, at most 4)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace entries and files of the same name that sftpack did not write (default: refuse)")
+    parser.add_argument("--allow-overlap", action="store_true",
+                        help="write a training output that shares prompts with an eval set (default: refuse)")
     parser.add_argument("--check", action="store_true", help="load and check the files only; read no rows")
     parser.add_argument("--steps", action="store_true", help="list the steps and their keys")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

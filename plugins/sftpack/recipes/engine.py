@@ -28,7 +28,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sftpack.artifacts import file_mode
 from sftpack.converters import FieldError
 from sftpack.errors import RowError, SftpackError
 from sftpack.recipes import inputs as inp
@@ -420,7 +419,9 @@ def run_pass(run, pass_no: int, segment: Segment, prev: PassOutput | None, tag_n
     started = time.perf_counter()
     try:
         if parallel:
-            pool = multiprocessing.get_context("fork").Pool(min(run.workers, len(tasks)))
+            from sftpack.convert import worker_signals
+
+            pool = multiprocessing.get_context("fork").Pool(min(run.workers, len(tasks)), initializer=worker_signals)
             chunks = pool.imap(run_chunk, range(len(tasks)))
         else:
             pool = None
@@ -531,12 +532,10 @@ class OutputWriter:
     """A temp file in the output folder, written in large blocks, hashed (sha256) and counted on the way."""
 
     def __init__(self, final: Path):
-        import tempfile
+        from sftpack.artifacts import temp_file
 
         self.final = final
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-        self.tmp = Path(tmp)
-        os.fchmod(fd, file_mode())  # like a file opened normally (mkstemp makes it 0600)
+        fd, self.tmp = temp_file(final)   # .<name>.<pid>.<random>.tmp, the mode open() would give
         self.handle = os.fdopen(fd, "wb")
         self.sha = hashlib.sha256()
         self.rows = 0
@@ -567,6 +566,11 @@ class OutputWriter:
     def close(self) -> None:
         self.flush()
         self.handle.close()
+
+    def discard(self) -> None:
+        """Close and remove the temp file (after a commit renamed it, nothing is left to remove)."""
+        self.handle.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 _WHITESPACE = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)

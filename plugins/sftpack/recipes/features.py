@@ -84,19 +84,26 @@ class HashCollector(ArrayCollector):
     typecode = "Q"
     dtype = np.uint64
 
-    def __init__(self, fields: list[str], ops: tuple[str, ...], tag_names: frozenset[str]):
+    def __init__(self, fields: list[str], ops: tuple[str, ...], tag_names: frozenset[str],
+                 any_order: tuple[str, ...] = ()):
         import xxhash
 
         super().__init__()
         self.fields, self.ops, self.tag_names = fields, ops, tag_names
+        self.any_order = tuple(any_order)    # fields compared as a set: MCQ options in any order
         self._hash = xxhash.xxh3_64_intdigest
         self._encode = textlib.key_encoder(ops)
 
     def key(self):
-        return ("hash", tuple(self.fields), self.ops)
+        return ("hash", tuple(self.fields), self.ops) + ((self.any_order,) if self.any_order else ())
 
     def add(self, row, tags):
         encode, tag_names = self._encode, self.tag_names
+        if self.any_order:
+            fixed = [encode(field_text(row, tags, f, tag_names)) for f in self.fields if f not in self.any_order]
+            loose = sorted(encode(field_text(row, tags, f, tag_names)) for f in self.any_order)
+            self.values.append(self._hash(b"\x1f".join(fixed) + b"\x1e" + b"\x1f".join(loose)))
+            return
         if len(self.fields) == 1:
             name = self.fields[0]
             value = row.get(name)

@@ -30,6 +30,7 @@ class FileRef:
     path: str
     unit: str
     stem: str
+    hub: bool = False      # `path` is a hub id (sftpack.paths' rule), read with `datasets`
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,12 @@ class Task:
 
 def resolve_files(index: int, spec: InputSpec, where) -> list[FileRef]:
     """The files an input names, in a stable order."""
-    path = Path(spec.path)
+    path = Path(spec.path).expanduser()
     if sources.is_hub_id(spec.path):
         if spec.glob or spec.columns:
-            raise where.error(f"{spec.path} looks like a hub id: 'glob' and 'columns' need a local path")
-        return [FileRef(index, spec.path, "row", spec.path.rsplit("/", 1)[-1])]
+            raise where.error(f"{spec.path} looks like a hub id: 'glob' and 'columns' need a local path "
+                              f"(start it with ./ if it is one: ./{spec.path})")
+        return [FileRef(index, spec.path, "row", spec.path.rsplit("/", 1)[-1], hub=True)]
     if not path.exists():
         raise where.error(f"{spec.path}: no such file or folder (resolved to {path.resolve()})")
     if path.is_file():
@@ -64,8 +66,16 @@ def resolve_files(index: int, spec: InputSpec, where) -> list[FileRef]:
                                                                                    spec.glob))
         if not files:
             raise where.error(f"{path.resolve()}: no file matches glob {spec.glob!r}")
-    else:
+    elif sources.is_split_folder(path):
         files = sources.split_files(path, spec.split)
+        if not files:
+            raise where.error(f"{path.resolve()}: one split's save_to_disk folder, not split '{spec.split}' (its name "
+                              f"says {sources.SPLIT_WORDS.get(path.name.lower())!r}); set `split` to match")
+    else:
+        try:
+            files = sources.split_files(path, spec.split)
+        except SftpackError as err:
+            raise where.error(str(err)) from None
         if not files:
             raise where.error(f"{path.resolve()}: no files for split '{spec.split}' (looked for {spec.split}.jsonl|"
                               f"json|parquet|csv, {spec.split}-*.parquet, a save_to_disk folder; or set 'glob')")
@@ -170,7 +180,7 @@ def iter_lines(path: str, start: int, end: int, counter: list | None = None) -> 
 
 def iter_rows(ref: FileRef, spec: InputSpec) -> Iterator[sources.Located]:
     """Rows of a non-JSONL file or a hub split, located."""
-    if sources.is_hub_id(ref.path):
+    if ref.hub:
         return sources.iter_hub(ref.path, spec.subset, spec.split)
     path = Path(ref.path)
     if path.suffix == ".csv":

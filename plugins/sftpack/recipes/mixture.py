@@ -19,6 +19,7 @@ repeated and then a random subset when N_i > n_i). Both files hold the expected 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ from typing import Any
 import yaml
 
 from sftpack import dataset_info
-from sftpack.artifacts import write_text
 from sftpack.errors import SftpackError
 from sftpack.recipes import inputs as inp
 from sftpack.recipes import schema
@@ -72,9 +72,14 @@ def dataset_rows(info_path: Path, name: str, entry: dict) -> int | None:
 
 
 def run_mixture(path: Path | str, out_dir: Path | str = "dataset_info",
-                var_overrides: dict[str, str] | None = None) -> MixResult:
+                var_overrides: dict[str, str] | None = None, overwrite: bool = False) -> MixResult:
+    """Write `<out>/<name>.mix.yaml` (through `sftpack.convert.commit`: a file of that name sftpack did not write
+    is replaced only with `overwrite`)."""
+    from sftpack import artifacts, convert
+
     mix = load_mixture(path, var_overrides)
     out_dir = Path(out_dir)
+    convert.check_out_dir(out_dir)
     info_path = out_dir / dataset_info.FILE_NAME
     entries = dataset_info.load(info_path)
     missing = [n for n in mix.datasets if n not in entries]
@@ -112,8 +117,19 @@ def run_mixture(path: Path | str, out_dir: Path | str = "dataset_info",
     ]
     body = {"llamafactory": lf, "swift": swift,
             "expected_rows": {"llamafactory": expected_lf, "swift": total}, "datasets": details}
-    write_text(result.file, "\n".join(header) + "\n"
-                                   + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=120))
+    text = "\n".join(header) + "\n" + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=120)
+    tmp = None
+    try:
+        with convert.interruptible(), convert._writing(out_dir):
+            fd, tmp = artifacts.temp_file(result.file)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            output = convert.Output(result.file, tmp, dataset_info.file_sha256(tmp), f"mixture {mix.name}")
+            for note in convert.commit(out_dir, [output], f"sftpack recipe {path}", overwrite=overwrite):
+                print(f"sftpack: {note}", file=__import__("sys").stderr)
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     for name, info in details.items():
         if info["swift_repeats"]:
             print(f"sftpack: warning: mixture {mix.name}: {name} has {info['rows']} rows, Swift will take "

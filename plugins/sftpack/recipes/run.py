@@ -1,18 +1,22 @@
 """Load a recipe into a checked plan, run it, and write its outputs, dataset_info entries and stats.
 
 Nothing under the output folder changes unless the whole recipe ran: rows go to temp files beside their
-final names, and only after the last step are they renamed into place and their entries merged into
-`dataset_info.json` (atomically, keeping every other entry, as `sftpack prepare` does). The stats files
-(`<name>.stats.json` and `.stats.md`) are written last. Swift sees the outputs under the same names through
+final names, and only after the last step are they, with the stats files (`<name>.stats.json` and `.stats.md`),
+committed by `sftpack.convert.commit` (the one commit `sftpack prepare` uses): renamed into place and their
+entries merged into `dataset_info.json` under the folder's lock, keeping every other entry; an entry or file
+sftpack did not write is never replaced without `--overwrite`; what an earlier run of the same output wrote
+and this one does not (`_valid`/`_test` after the split step is gone) is removed; a training output that
+shares prompts with an eval set is refused without `--allow-overlap`. A recipe whose output would be one of its
+own inputs is refused before any work. Swift sees the outputs under the same names through
 `plugins/sftpack_swift_datasets.py`, which registers every dataset_info entry.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sftpack import dataset_info
-from sftpack.artifacts import write_text
+from sftpack import artifacts, convert, dataset_info
 from sftpack.errors import SftpackError
 from sftpack.recipes import engine, schema
 from sftpack.recipes import inputs as inp
@@ -152,7 +155,7 @@ def _entry(steps: list[Step], output: schema.OutputSpec, input_names: list[str])
 class Run:
     """The runtime view of a plan: resolved files, chunk tasks, options; read by workers after fork."""
 
-    def __init__(self, plan: Plan, workdir: Path, workers: int, progress: bool, min_parallel_bytes: int,
+    def __init__(self, plan: Plan, workdir: Path | None, workers: int, progress: bool, min_parallel_bytes: int,
                  chunk_bytes: int):
         self.plan, self.workdir, self.workers, self.progress = plan, workdir, workers, progress
         if any(step.heavy() for step in plan.steps):
@@ -173,7 +176,7 @@ class Run:
             if inp.is_jsonl(ref):
                 self.source_tasks += inp.chunk_tasks(i, ref, chunk_bytes)
             else:
-                self.source_tasks.append(inp.Task("hub" if not Path(ref.path).exists() else "source", i, ref.path))
+                self.source_tasks.append(inp.Task("hub" if ref.hub else "source", i, ref.path))
         self.pass_seconds: list[float] = []
         self.rows_read = 0
 
@@ -230,71 +233,126 @@ def default_workers() -> int:
 def run_recipe(path: Path | str, out_dir: Path | str = "dataset_info", var_overrides: dict[str, str] | None = None,
                workers: int | None = None, progress: bool = True,
                min_parallel_bytes: int = engine.MIN_PARALLEL_BYTES,
-               chunk_bytes: int = inp.CHUNK_BYTES) -> RecipeResult:
+               chunk_bytes: int = inp.CHUNK_BYTES, overwrite: bool = False,
+               allow_overlap: bool = False) -> RecipeResult:
     """Run one recipe into `out_dir` (see module docstring); returns what was written."""
     started = time.perf_counter()
     plan = load_recipe(path, var_overrides)
     out_dir = Path(out_dir)
     info_path = out_dir / dataset_info.FILE_NAME
+    convert.check_out_dir(out_dir)
     dataset_info.load(info_path)  # a malformed dataset_info.json stops us before any work
-    out_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".recipe-", dir=out_dir))
-    writers: list[engine.OutputWriter] = []
-    try:
-        run = Run(plan, workdir, workers or default_workers(), progress, min_parallel_bytes, chunk_bytes)
-        step_stats = {s._index: engine.StepStats(s._index, s.NAME, s.KIND) for s in plan.steps}
-        carried: list[str] = []
-        previous = None
-        for pass_no, segment in enumerate(engine.segments(plan.steps)):
-            names_now = carried + [t for s in segment.maps for t in s.creates_tags() if t not in carried]
-            previous = engine.run_pass(run, pass_no, segment, previous, list(dict.fromkeys(names_now)),
-                                       step_stats)
-            carried = list(previous.ann.tags)
-        final = previous
-        assert final is not None
-
-        routes = list(SPLIT_ORDER) if plan.splits else [""]
-        names = plan.dataset_names()
-        writers = [engine.OutputWriter(out_dir / f"{name}.jsonl") for name in names]
-        tokens = _TokenStats(plan, len(writers)) if plan.stats_tokenizer else None
-        route_of = _route_array(final, routes) if plan.splits else None
-        on_row = None
-        if tokens is not None:
-            def on_row(g: int, raw: bytes) -> None:
-                tokens.add(0 if route_of is None else int(route_of[g]), raw)
-        engine.emit(run, final, routes, writers, on_row)
-        for writer in writers:
-            writer.close()
-
-        outputs, entries = [], {}
-        for index, (name, writer) in enumerate(zip(names, writers, strict=True)):
-            if writer.rows == 0:
-                print(f"sftpack: warning: {name}: no rows, not written", file=sys.stderr)
-                continue
-            outputs.append(OutputInfo(name, writer.final, writer.rows, writer.sha.hexdigest(),
-                                      tags=_tag_counts(final, route_of, index),
-                                      tokens=tokens.summary(index) if tokens else None))
-            entries[name] = {"file_name": writer.final.name, **plan.entry}
-        if not outputs:
-            raise SftpackError(f"{plan.path}: no rows left after the steps; nothing written")
-        for name, entry in entries.items():
-            dataset_info.validate_entry(name, entry, where=str(info_path))
-        for writer in writers:
-            if writer.rows:
-                os.replace(writer.tmp, writer.final)
-        dataset_info.merge(info_path, entries)
-    finally:
-        for writer in writers:
-            writer.tmp.unlink(missing_ok=True)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-    steps = [step_stats[s._index] for s in plan.steps]
-    stats = statslib.build(plan, run, outputs, steps, time.perf_counter() - started, info_path)
+    names = plan.dataset_names()
+    convert.precheck(out_dir, {n: {"file_name": f"{n}.jsonl", **plan.entry} for n in names}, overwrite)
+    run = Run(plan, None, workers or default_workers(), progress, min_parallel_bytes, chunk_bytes)
     stats_json = out_dir / f"{plan.output.name}.stats.json"
     stats_md = out_dir / f"{plan.output.name}.stats.md"
-    write_text(stats_json, statslib.to_json(stats))
-    write_text(stats_md, statslib.to_markdown(stats))
-    return RecipeResult(plan, outputs, steps, stats, stats_json, stats_md)
+    targets = [out_dir / f"{n}.jsonl" for n in names] + [stats_json, stats_md]
+    convert.refuse_own_inputs([Path(f.path) for f in run.files if not f.hub], targets, f"{plan.path}'s output")
+    _refuse_reading_own_output(plan, targets)
+    _load_tokenizers(plan)
+    for note in artifacts.clean_stale_temps(out_dir):
+        print(f"sftpack: {note}", file=sys.stderr)
+    created = not out_dir.exists()
+    with convert._writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        workdir = run.workdir = artifacts.temp_dir(out_dir, "recipe")
+    writers: list[engine.OutputWriter] = []
+    temps: list[Path] = []
+    try:
+        with convert.interruptible():
+            with convert._writing(out_dir):
+                step_stats = {s._index: engine.StepStats(s._index, s.NAME, s.KIND) for s in plan.steps}
+                carried: list[str] = []
+                previous = None
+                for pass_no, segment in enumerate(engine.segments(plan.steps)):
+                    names_now = carried + [t for s in segment.maps for t in s.creates_tags() if t not in carried]
+                    previous = engine.run_pass(run, pass_no, segment, previous, list(dict.fromkeys(names_now)),
+                                               step_stats)
+                    carried = list(previous.ann.tags)
+                final = previous
+                assert final is not None
+
+                routes = list(SPLIT_ORDER) if plan.splits else [""]
+                writers = [engine.OutputWriter(out_dir / f"{name}.jsonl") for name in names]
+                tokens = _TokenStats(plan, len(writers)) if plan.stats_tokenizer else None
+                route_of = _route_array(final, routes) if plan.splits else None
+                on_row = None
+                if tokens is not None:
+                    def on_row(g: int, raw: bytes) -> None:
+                        tokens.add(0 if route_of is None else int(route_of[g]), raw)
+                engine.emit(run, final, routes, writers, on_row)
+                for writer in writers:
+                    writer.close()
+
+                by = f"recipe {plan.output.name}"
+                infos, outputs = [], []
+                for index, (name, writer) in enumerate(zip(names, writers, strict=True)):
+                    if writer.rows == 0:
+                        print(f"sftpack: warning: {name}: no rows, not written", file=sys.stderr)
+                        continue
+                    infos.append(OutputInfo(name, writer.final, writer.rows, writer.sha.hexdigest(),
+                                            tags=_tag_counts(final, route_of, index),
+                                            tokens=tokens.summary(index) if tokens else None))
+                    entry = {"file_name": writer.final.name, **plan.entry}
+                    dataset_info.validate_entry(name, entry, where=str(info_path))
+                    outputs.append(convert.Output(writer.final, writer.tmp, writer.sha.hexdigest(), by, name, entry,
+                                                  rows=writer.rows))
+                if not outputs:
+                    raise SftpackError(f"{plan.path}: no rows left after the steps; nothing written")
+
+                steps = [step_stats[s._index] for s in plan.steps]
+                stats = statslib.build(plan, run, infos, steps, time.perf_counter() - started, info_path)
+                for final_path, text in ((stats_json, statslib.to_json(stats)),
+                                         (stats_md, statslib.to_markdown(stats))):
+                    fd, tmp = artifacts.temp_file(final_path)
+                    temps.append(tmp)
+                    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                        handle.write(text)
+                    outputs.append(convert.Output(final_path, tmp, dataset_info.file_sha256(tmp), by))
+            # OS errors in the commit name what they hit (some files may be in place already): not wrapped
+            notes = convert.commit(out_dir, outputs, f"sftpack recipe {plan.path}", overwrite=overwrite,
+                                   allow_overlap=allow_overlap)
+    finally:
+        for writer in writers:
+            writer.discard()
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+    for note in notes:
+        print(f"sftpack: {note}", file=sys.stderr)
+    return RecipeResult(plan, infos, steps, stats, stats_json, stats_md)
+
+
+def _refuse_reading_own_output(plan: Plan, targets: list[Path]) -> None:
+    """An output inside an input folder that the input would read next time (its glob or split pattern) is
+    refused: the recipe would read its own earlier output."""
+    for spec in plan.inputs:
+        folder = Path(spec.path).expanduser()
+        if not folder.is_dir():
+            continue
+        for target in targets:
+            if not target.resolve().is_relative_to(folder.resolve()):
+                continue
+            relative = target.resolve().relative_to(folder.resolve()).as_posix()
+            split = spec.split
+            reads = (fnmatch.fnmatch(relative, spec.glob) if spec.glob else
+                     target.name.startswith((f"{split}.", f"{split}-")) or target.name.endswith(f"-{split}.arrow"))
+            if reads:
+                raise spec._where.error(f"the output {target} would be read as this input next time (it is in "
+                                        f"{folder.resolve()} and matches {spec.glob or spec.split!r}); nothing was "
+                                        "changed. Write to another --out, or narrow the input's glob")
+
+
+def _load_tokenizers(plan: Plan) -> None:
+    """Every tokenizer the recipe uses, loaded before any work: a missing one fails now, not after the passes."""
+    from sftpack.recipes import text as textlib
+
+    names = {s.uses_tokenizer() for s in plan.steps if s.uses_tokenizer()} | {plan.stats_tokenizer}
+    for name in sorted(n for n in names if n):
+        textlib.load_tokenizer(name)
 
 
 def _route_array(final: engine.PassOutput, routes: list[str]) -> np.ndarray:

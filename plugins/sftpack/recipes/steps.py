@@ -79,17 +79,22 @@ def _pairs(mapping: dict) -> str:
 @dataclass(kw_only=True)
 class ExactDedup(SelectStep):
     """Drop rows whose normalised `fields` equal an earlier row's (the first occurrence stays).
+    `any_order`: some of the fields compared as a set (MCQ options A-D in any order are the same question).
     Keeps one 64-bit hash per row, never the text."""
 
     fields: list[str]
     normalize: list[str] = field(default_factory=lambda: list(textlib.DEFAULT_NORMALIZE))
+    any_order: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         _need_fields(self.fields, self.NAME)
         self._ops = _check_normalize(self.normalize)
+        extra = [f for f in self.any_order if f not in self.fields]
+        if extra:
+            raise ValueError(f"any_order {extra} must be among fields {self.fields}")
 
     def collectors(self):
-        return {"hash": feat.HashCollector(self.fields, self._ops, self._tags)}
+        return {"hash": feat.HashCollector(self.fields, self._ops, self._tags, tuple(self.any_order))}
 
     def select(self, ctx: SelectContext) -> None:
         index = np.flatnonzero(ctx.active)

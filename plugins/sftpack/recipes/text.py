@@ -118,12 +118,19 @@ _TOKENIZERS: dict[str, Any] = {}
 
 def load_tokenizer(name: str):
     """A `tokenizers.Tokenizer` from a local folder (its tokenizer.json), a tokenizer.json file, or a hub id
-    loaded with transformers (needs the hub or its cache). Cached per process."""
+    loaded with transformers (needs the hub or its cache). Cached per process. Local or hub id is
+    `sftpack.paths.looks_local`'s rule: a missing local-looking path (`./runs/tiny-model`, `x/tokenizer.json`)
+    is an error at once, never a hub request."""
     if name in _TOKENIZERS:
         return _TOKENIZERS[name]
     from tokenizers import Tokenizer
 
-    path = Path(name)
+    from sftpack.paths import looks_local
+
+    path = Path(name).expanduser()
+    if not path.exists() and looks_local(name):
+        raise SftpackError(f"tokenizer {name}: no such file or folder (resolved to {path.resolve()}). Build one "
+                           "with `sftpack tiny-model DIR`, or pass a model folder with a tokenizer.json")
     if path.is_dir() and (path / "tokenizer.json").is_file():
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     elif path.is_file() and path.suffix == ".json":
