@@ -479,7 +479,7 @@ def test_mistyped_model_path_without_build_shape_is_an_error_before_training(tmp
     stage_list = [dataclasses.replace(s, run=lambda ctx, n=s.name: trained.append(n) or {})
                   if s.name.startswith("train_") else s for s in stages(load_pipeline(path))]
     started = time.monotonic()
-    with pytest.raises(StageFailed, match=r"stage 'model' failed: .*typo\.yaml: model\.path 'modles/Qwen2\.5-typo' "
+    with pytest.raises(StageFailed, match=r"stage 'model' failed: .*typo\.yaml:\d+: model\.path 'modles/Qwen2\.5-typo' "
                                           r"cannot be had") as info:
         run_stages(stage_list, tmp_path / "out")
     assert time.monotonic() - started < 5 and trained == []

@@ -10,7 +10,8 @@
 
 `sftpack bench SUITE --help` and `sftpack bench report --help` list the options. Wired into the main CLI with
 `add_parser(subparsers)`; the exit status is 1 when any run failed, timed out or was killed, or when no run
-finished ok (every run skipped); all are recorded. Ctrl-C / SIGTERM: 130, the run in flight recorded.
+finished ok (every run skipped); all are recorded. Ctrl-C / SIGTERM / SIGHUP: 130 / 143 / 129, the run in flight
+killed and recorded. A second `bench` on the same --results or --work folder fails at once, naming the first.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def build_run_parser(prog: str = "sftpack bench") -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true",
                         help="the same as --plan: validate (every problem with file:line and key), print the plan, "
                              "run nothing; exit 1 when the suite is invalid")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (as `sftpack --debug`)")
     return parser
 
 
@@ -81,17 +83,19 @@ def build_report_parser(prog: str = "sftpack bench") -> argparse.ArgumentParser:
                         help="also replace the '<!-- bench:SUITE -->' ... '<!-- /bench:SUITE -->' section of this "
                              "Markdown file with the suite's tables")
     parser.add_argument("--no-plots", action="store_true", help="Markdown only")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (as `sftpack --debug`)")
     return parser
 
 
 def _plan(args: argparse.Namespace, only: list[str] | None) -> int:
     from sftpack.bench import fairness
     from sftpack.bench.plan import format_plan, plan_rows
-    from sftpack.bench.runner import run_plan, select_runs
+    from sftpack.bench.runner import check_model, run_plan, select_runs
     from sftpack.bench.suite import load_suite
 
     suite = load_suite(Path(args.suite), args.set)
     runs = select_runs(suite, only)
+    check_model(suite)
     suite.model.check_tokenizer()
     for verdict in fairness.check_suite(suite):
         print(f"fairness {verdict.describe()}")
@@ -147,6 +151,8 @@ def dispatch(argv: list[str], prog: str = "sftpack bench") -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if "--debug" in args.rest:   # `sftpack bench SUITE --debug` = `sftpack --debug bench SUITE` (main reads args)
+        args.debug = True
     return dispatch([args.target] + list(args.rest))
 
 

@@ -22,6 +22,13 @@ What each memory figure measures (also written into every result.json as `memory
 The child runs in its own session (process group): a timeout kills the whole group (SIGTERM, then SIGKILL), and
 anything left of the group after the child exits is killed too. Output goes straight to `log_path` (no Python
 copy loop), unless `echo` is set.
+
+Clean ends: this module is where every long-running child of sftpack starts (training, lm_eval, the tiny-model
+build: `frameworks.run_logged` comes here too). Each child's group is registered while it runs and killed on every
+way out of `run_measured` -- normal exit (leftovers), timeout, an exception, Ctrl-C, SIGTERM or SIGHUP (which
+`install_stop_handlers` turns into `Interrupted`, a KeyboardInterrupt) -- and `end_groups()` kills whatever is
+still registered (the CLI calls it last, on every exit). On Linux the child also gets SIGTERM from the kernel
+when sftpack itself dies (PR_SET_PDEATHSIG), so even `kill -9 sftpack` leaves no training or lm_eval behind.
 """
 
 from __future__ import annotations
@@ -224,6 +231,73 @@ class Measured:
         return None
 
 
+# -- clean ends: signals, the groups of the children, the kernel's parent-death signal ------------------------
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+_GROUPS: set[int] = set()   # process groups started by run_measured and not ended yet
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP, raised in the main thread so that every `finally` runs and every child group is
+    killed on the way out. `exit_code` is the shell's 128 + signal number (130, 143, 129)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"signal {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def install_stop_handlers() -> dict[int, Any]:
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted (also when a non-interactive shell started us with SIGINT
+    ignored; SIGHUP stays ignored under nohup). Returns the previous handlers for `restore_handlers`."""
+    previous: dict[int, Any] = {}
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        try:
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue
+            previous[sig] = signal.signal(sig, _raise_interrupted)
+        except ValueError:   # not the main thread (e.g. a test's worker thread): signals stay as they are
+            pass
+    return previous
+
+
+def ignore_stop_signals() -> None:
+    """While the last line is printed on the way out: a second Ctrl-C or SIGTERM does not interrupt it."""
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            try:
+                signal.signal(sig, signal.SIG_IGN)
+            except ValueError:
+                pass
+
+
+def restore_handlers(previous: Mapping[int, Any]) -> None:
+    for sig, handler in previous.items():
+        try:
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        except ValueError:
+            pass
+
+
+def end_groups(sig: int = signal.SIGKILL) -> list[int]:
+    """Kill every child process group still registered (none when every run ended normally); returns them."""
+    ended = sorted(_GROUPS)
+    for pgid in ended:
+        _kill_group(pgid, sig)
+        _GROUPS.discard(pgid)
+    return ended
+
+
 def _kill_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -231,17 +305,58 @@ def _kill_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _echo_pipe(stream, log) -> None:
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _parent_death_signal():
+    """A preexec_fn that asks the kernel to SIGTERM the child when this process dies (Linux), else None."""
+    if _PRCTL is None:
+        return None
+    prctl, parent, term = _PRCTL, os.getpid(), int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(1, term, 0, 0, 0)   # PR_SET_PDEATHSIG
+        if os.getppid() != parent:   # the parent died before prctl: nobody would send the signal
+            os.kill(os.getpid(), term)
+    return preexec
+
+
+def _echo_pipe(stream, log, failures: list[OSError]) -> None:
+    """Copy the child's output to the log and the terminal. A full disk (log) or a closed terminal (stdout) stops
+    that copy, not the run: the pipe is drained to the end (the child never blocks) and the error is kept."""
+    to_log, to_terminal = True, True
     for line in stream:
-        log.write(line)
-        log.flush()
-        sys.stdout.write(line)
+        if to_log:
+            try:
+                log.write(line)
+                log.flush()
+            except OSError as err:
+                failures.append(err)
+                to_log = False
+        if to_terminal:
+            try:
+                sys.stdout.write(line)
+            except (OSError, ValueError):   # a closed or broken stdout
+                to_terminal = False
 
 
-def run_measured(cmd: list[str], cwd: Path, env: Mapping[str, str], log_path: Path, timeout_s: float,
+def run_measured(cmd: list[str], cwd: Path, env: Mapping[str, str], log_path: Path, timeout_s: float | None,
                  interval_s: float = 0.2, sample: bool = True, nvml: Nvml | None = None,
                  echo: bool = False, pss_budget: float = PSS_BUDGET) -> Measured:
-    """Run `cmd` (output to `log_path`), sampling its process tree unless `sample` is False (the bare run)."""
+    """Run `cmd` (output to `log_path`), sampling its process tree unless `sample` is False (the bare run).
+
+    `timeout_s` None: no timeout. Whatever way this returns or raises, the child's whole group is gone."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w", encoding="utf-8", errors="replace") as log:
         log.write("$ " + " ".join(map(str, cmd)) + f"\n# cwd: {cwd}\n")
@@ -250,14 +365,11 @@ def run_measured(cmd: list[str], cwd: Path, env: Mapping[str, str], log_path: Pa
         started = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT,
-                                start_new_session=True, text=echo, errors="replace" if echo else None)
-        sampler = TreeSampler(proc.pid, interval_s, nvml, pss_budget) if sample else None
-        if sampler is not None:
-            sampler.start()
-        reader = None
-        if echo:
-            reader = threading.Thread(target=_echo_pipe, args=(proc.stdout, log), daemon=True)
-            reader.start()
+                                start_new_session=True, text=echo, errors="replace" if echo else None,
+                                preexec_fn=_parent_death_signal())
+        _GROUPS.add(proc.pid)
+        sampler = reader = watchdog = None
+        log_failures: list[OSError] = []
         timed_out = threading.Event()
 
         def _on_timeout() -> None:
@@ -268,24 +380,36 @@ def run_measured(cmd: list[str], cwd: Path, env: Mapping[str, str], log_path: Pa
                 time.sleep(0.2)
             _kill_group(proc.pid, signal.SIGKILL)
 
-        watchdog = threading.Timer(timeout_s, _on_timeout)
-        watchdog.daemon = True
-        watchdog.start()
         try:
+            sampler = TreeSampler(proc.pid, interval_s, nvml, pss_budget) if sample else None
+            if sampler is not None:
+                sampler.start()
+            if echo:
+                reader = threading.Thread(target=_echo_pipe, args=(proc.stdout, log, log_failures), daemon=True)
+                reader.start()
+            if timeout_s is not None:
+                watchdog = threading.Timer(timeout_s, _on_timeout)
+                watchdog.daemon = True
+                watchdog.start()
             _, status, usage = os.wait4(proc.pid, 0)
+            wall_s = time.monotonic() - started
+            proc.returncode = os.waitstatus_to_exitcode(status)
         except BaseException:
             _kill_group(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
         finally:
-            watchdog.cancel()
-        wall_s = time.monotonic() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        _kill_group(proc.pid, signal.SIGKILL)  # leftovers of the run's group (orphaned workers)
-        if sampler is not None:
-            sampler.stop()
-        if reader is not None:
-            reader.join(timeout=5)
+            if watchdog is not None:
+                watchdog.cancel()
+            _kill_group(proc.pid, signal.SIGKILL)  # leftovers of the run's group (orphaned workers)
+            _GROUPS.discard(proc.pid)
+            if sampler is not None:
+                sampler.stop()
+            if reader is not None:
+                reader.join(timeout=5)
+    if log_failures:
+        err = log_failures[0]
+        raise type(err)(err.errno, err.strerror, str(log_path))
     # ru_maxrss is KiB on Linux, bytes on macOS
     maxrss_mib = usage.ru_maxrss / (MIB if sys.platform == "darwin" else 1024)
     result = Measured(exit_code=proc.returncode, wall_s=wall_s, timed_out=timed_out.is_set(),

@@ -20,11 +20,11 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,11 +33,22 @@ from typing import Any
 from sftpack import frameworks as fw
 from sftpack import training
 from sftpack.bench import fairness
-from sftpack.bench.monitor import Measured, Nvml, harness_rss_mib, run_measured
+from sftpack.bench.monitor import (
+    Interrupted,
+    Measured,
+    Nvml,
+    harness_rss_mib,
+    install_stop_handlers,
+    restore_handlers,
+    run_measured,
+)
 from sftpack.bench.results import SCHEMA_VERSION, RunResult, write_json
 from sftpack.bench.suite import RunSpec, Suite, SuiteError, load_suite
 from sftpack.errors import SftpackError
+from sftpack.frameworks.common import cached_hub_model, model_path_problem
+from sftpack.locks import hold
 from sftpack.provenance import utc_now
+from sftpack.spec import nowhere
 from sftpack.training import TrainJob
 
 DEFAULT_RESULTS = fw.REPO_ROOT / "benchmarks" / "results"
@@ -60,21 +71,7 @@ def find_local_model(path: str) -> tuple[Path | None, str | None]:
     for folder in ([candidate] if candidate.is_absolute() else [fw.REPO_ROOT / candidate, Path.cwd() / candidate]):
         if (folder / "config.json").is_file():
             return folder.resolve(), f"local folder {folder.resolve()}"
-    if path.count("/") != 1:
-        return None, None
-    org, name = path.split("/")
-    hf_hubs = [os.environ.get("HF_HUB_CACHE"), os.environ.get("HF_HOME") and os.path.join(os.environ["HF_HOME"], "hub"),
-               os.path.expanduser("~/.cache/huggingface/hub")]
-    for hub in filter(None, hf_hubs):
-        for snapshot in sorted(Path(hub).glob(f"models--{org}--{name}/snapshots/*")):
-            if (snapshot / "config.json").is_file() and any(snapshot.glob("*.safetensors")):
-                return snapshot.resolve(), f"HuggingFace cache {snapshot.resolve()}"
-    ms_hubs = [os.environ.get("MODELSCOPE_CACHE"), os.path.expanduser("~/.cache/modelscope/hub")]
-    for hub in filter(None, ms_hubs):
-        for folder in (Path(hub) / "models" / org / name, Path(hub) / org / name):
-            if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
-                return folder.resolve(), f"ModelScope cache {folder.resolve()}"
-    return None, None
+    return cached_hub_model(path)
 
 
 def prepare_model(suite: Suite, work_root: Path, env: dict[str, str], log) -> tuple[Path, dict[str, Any]]:
@@ -307,23 +304,7 @@ def parse_skip_modules(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-class Stop(KeyboardInterrupt):
-    """SIGTERM while a suite runs: handled like Ctrl-C (the run in flight is killed and recorded)."""
-
-
-def _install_signal_handlers() -> dict:
-    """Ctrl-C and SIGTERM stop the suite cleanly, also when started in the background of a non-interactive shell
-    (which starts it with SIGINT ignored). Returns the previous handlers."""
-    def on_term(signum, frame):
-        raise Stop(f"signal {signal.Signals(signum).name}")
-
-    previous = {}
-    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, on_term)):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:   # not the main thread (e.g. called from a test's worker thread)
-            pass
-    return previous
+Stop = Interrupted   # SIGTERM (or SIGHUP) while a suite runs: handled like Ctrl-C (the run in flight is killed, recorded)
 
 
 def run_suite(suite_path: Path, results_root: Path = DEFAULT_RESULTS, work_root: Path = DEFAULT_WORK,
@@ -341,25 +322,45 @@ def run_suite(suite_path: Path, results_root: Path = DEFAULT_RESULTS, work_root:
     deadline = t0 + deadline_s if deadline_s is not None else None
     suite = load_suite(suite_path, sets)
     runs = select_runs(suite, only)
+    check_model(suite)
     suite.model.check_tokenizer()
-    previous_handlers = _install_signal_handlers()
-    try:
-        return _run_suite(suite, runs, results_root, work_root, repeats, overhead_repeats, keep_outputs, echo,
-                          timeout_s, deadline, skip_modules or {}, t0)
-    finally:
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
-
-
-def _run_suite(suite: Suite, runs: list[RunSpec], results_root: Path, work_root: Path, repeats: int | None,
-               overhead_repeats: int | None, keep_outputs: bool, echo: bool, timeout_s: float | None,
-               deadline: float | None, skip_modules: dict[str, str], t0: float) -> tuple[Path, list[RunResult]]:
     verdicts = {v.group: v for v in fairness.check_suite(suite)}
     unfair = [v for v in verdicts.values() if not v.comparable]
     if unfair and suite.fairness == "refuse":
         raise SuiteError(f"{suite.path}: refusing to run unfair comparison pair(s) (set `fairness: mark` to run "
                          "them flagged as not comparable):\n  " + "\n  ".join(v.describe() for v in unfair))
     results_root, work_root = Path(results_root).resolve(), Path(work_root).resolve()
+    previous_handlers = install_stop_handlers()   # Ctrl-C, SIGTERM, SIGHUP: the run in flight is killed, recorded
+    try:
+        with ExitStack() as held:   # a second bench on the same results or work folder fails at once, naming us
+            for folder in dict.fromkeys((results_root, work_root)):
+                held.enter_context(hold(folder, "sftpack bench"))
+            return _run_suite(suite, runs, verdicts, results_root, work_root, repeats, overhead_repeats,
+                              keep_outputs, echo, timeout_s, deadline, skip_modules or {}, t0)
+    finally:
+        restore_handlers(previous_handlers)
+
+
+def check_model(suite: Suite) -> None:
+    """`model.path` checked before any work (sftpack.paths' rule): a local-looking path must be a model folder; a
+    hub id not in this machine's cache needs `build_shape` (a suite never downloads)."""
+    spec = suite.model
+    if not spec.path:
+        return
+    at = (spec._at or nowhere("model"))["path"]
+    problem = model_path_problem(spec.path, "model.path")
+    if problem is not None:
+        at.fail(SuiteError, problem, spec.path, "a model folder (with config.json), or a hub id")
+    if find_local_model(spec.path)[0] is None and spec.build_shape is None:
+        at.fail(SuiteError, "not available offline (no folder, no HuggingFace/ModelScope cache entry) and no "
+                "model.build_shape", spec.path, "a model folder, a cached hub id, or model.build_shape for random "
+                "weights of its shape")
+
+
+def _run_suite(suite: Suite, runs: list[RunSpec], verdicts: dict, results_root: Path, work_root: Path,
+               repeats: int | None, overhead_repeats: int | None, keep_outputs: bool, echo: bool,
+               timeout_s: float | None, deadline: float | None, skip_modules: dict[str, str],
+               t0: float) -> tuple[Path, list[RunResult]]:
     plan = run_plan(suite, runs, repeats)
     session_id, session_dir = new_session_dir(results_root / suite.name)
     work = work_root / suite.name / session_id

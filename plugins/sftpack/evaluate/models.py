@@ -11,8 +11,10 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from sftpack.errors import SftpackError
+from sftpack.frameworks.common import model_location
 
 BACKENDS = ("hf", "vllm", "local-completions")
 KINDS = ("base", "adapter", "merged", "served")
@@ -38,10 +40,6 @@ class EvalModel:
         if not _LABEL_RE.match(self.label):
             raise SftpackError(f"label {self.label!r} may use only letters, digits and _.+- "
                                "(it names a results folder); pass LABEL=PATH with such a label")
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
 def default_label(path: str) -> str:
@@ -83,18 +81,24 @@ def same_model(recorded: str, given: str) -> bool:
     return False
 
 
-def check_base(model: str) -> None:
-    """`--model` must be a model: a hub id or a folder with config.json (not an adapter)."""
-    if not _looks_like_path(model):
-        return  # a hub id: lm-eval downloads it (or finds it in the HF cache)
-    folder = Path(model).expanduser()
-    if not folder.exists():
-        raise SftpackError(f"--model {model}: no such folder ({folder.resolve()})")
+def check_base(model: str, environ: Mapping[str, str] | None = None) -> str:
+    """`--model` must be a model: a folder with config.json (not an adapter), or a hub id. Returns it as lm-eval
+    gets it (an absolute folder, or the hub id). Local or hub is sftpack.paths' one rule: `./m`, `work/tinyy`
+    (`work/` exists), `m.safetensors` are local and must exist; a hub id is taken when the hubs are on (`environ`:
+    the lm-eval runs' environment) or when it is in this machine's cache."""
+    where = model_location(model, "--model", environ=environ)
+    if isinstance(where, str):
+        return where   # a hub id: lm-eval downloads it (or finds it in the HF cache)
+    folder = where
+    if not folder.is_dir():
+        raise SftpackError(f"--model {model}: {folder.resolve()} is a file; --model takes a model folder (with "
+                           "config.json) or a hub id")
     if (folder / "adapter_config.json").exists():
         raise SftpackError(f"--model {model} is a LoRA adapter (it has adapter_config.json); pass the model it was "
                            f"trained on as --model and the adapter with --tuned {model}")
     if not (folder / "config.json").exists():
         raise SftpackError(f"--model {model}: {folder.resolve()} has no config.json, so it is not a model folder")
+    return str(folder.resolve())
 
 
 def tuned_model(spec: str, base: str, backend: str, skip_base_check: bool = False) -> EvalModel:
@@ -103,6 +107,8 @@ def tuned_model(spec: str, base: str, backend: str, skip_base_check: bool = Fals
     if backend == "local-completions":
         return EvalModel(label=label or default_label(path), kind="served", path=path)
     folder = Path(path).expanduser()
+    if folder.is_file():
+        raise SftpackError(f"--tuned {spec}: {folder.resolve()} is a file; --tuned takes an adapter or model folder")
     if not folder.is_dir():
         raise SftpackError(f"--tuned {spec}: no such folder ({folder.resolve()})")
     label = label or default_label(path)
@@ -131,8 +137,9 @@ def tuned_model(spec: str, base: str, backend: str, skip_base_check: bool = Fals
 
 
 def plan(model: str, tuned: list[str], backend: str = "hf", include_base: bool = True,
-         skip_base_check: bool = False) -> list[EvalModel]:
-    """The models of one `sftpack eval` run, base first, every check done; labels unique."""
+         skip_base_check: bool = False, environ: Mapping[str, str] | None = None) -> list[EvalModel]:
+    """The models of one `sftpack eval` run, base first, every check done; labels unique. `environ`: the lm-eval
+    runs' environment (whether the hubs are on for a hub id `model`)."""
     if backend not in BACKENDS:
         raise SftpackError(f"unknown backend {backend!r}. Expected: {list(BACKENDS)}")
     models = []
@@ -140,8 +147,7 @@ def plan(model: str, tuned: list[str], backend: str = "hf", include_base: bool =
         if include_base:
             models.append(EvalModel(label="base", kind="served", path=model))
     else:
-        check_base(model)
-        base = str(Path(model).expanduser().resolve()) if _looks_like_path(model) else model
+        base = check_base(model, environ)
         if include_base:
             models.append(EvalModel(label="base", kind="base", path=base))
         model = base

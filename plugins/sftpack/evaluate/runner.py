@@ -29,6 +29,7 @@ from sftpack.artifacts import write_json, write_text
 from sftpack.errors import SftpackError
 from sftpack.evaluate import results as res
 from sftpack.evaluate.models import EvalModel, plan, vllm_max_lora_rank
+from sftpack.locks import hold
 
 DEFAULT_TASKS = ("gsm8k-local", "gsm8k-local-chat")
 CMMLU_KEY = "cmmlu_dir"  # the --metadata key eval_tasks/cmmlu-local/csv_loader.py reads
@@ -146,7 +147,11 @@ def environment() -> dict[str, Any]:
 
 def run_eval(model: str, tuned: list[str], out: Path, settings: Settings, include_base: bool = True,
              skip_base_check: bool = False, env: Mapping[str, str] | None = None, echo: bool = True) -> dict[str, Any]:
-    """Evaluate the base model and each tuned model; write eval.json + eval.md under `out`; return the report."""
+    """Evaluate the base model and each tuned model; write eval.json + eval.md under `out`; return the report.
+
+    Everything is checked before the first lm-eval run; `out` is then locked (sftpack.locks): a second eval into the
+    same folder fails at once, naming this one. Each lm-eval runs in its own process group, ended on every way out
+    (sftpack.bench.monitor)."""
     import os
 
     from sftpack.evaluate.tasks import check_tasks
@@ -158,10 +163,32 @@ def run_eval(model: str, tuned: list[str], out: Path, settings: Settings, includ
         raise SftpackError(f"--workdir {workdir}: no such folder")
     settings.workdir = str(workdir)
     settings.include_path = str(Path(settings.include_path).resolve())
-    models = plan(model, tuned, settings.backend, include_base=include_base, skip_base_check=skip_base_check)
-    leaves = check_tasks(settings.tasks, Path(settings.include_path), workdir, settings.metadata)
     env = dict(os.environ if env is None else env)
+    models = plan(model, tuned, settings.backend, include_base=include_base, skip_base_check=skip_base_check,
+                  environ=env)
+    leaves = check_tasks(settings.tasks, Path(settings.include_path), workdir, settings.metadata)
+    with hold(out, "sftpack eval"):
+        per_model, model_records = _run_models(models, out, settings, env, echo)
+        base_label = models[0].label if include_base else None
+        report = {
+            "schema_version": res.SCHEMA_VERSION,
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "settings": asdict(settings),
+            "task_leaves": leaves,
+            "environment": environment(),
+            "base_label": base_label,
+            "models": model_records,
+            "rows": res.combine(per_model, base_label),
+            "wall_s": round(time.monotonic() - started, 2),
+        }
+        write_json(out / "eval.json", report, ensure_ascii=False)
+        write_text(out / "eval.md", res.render_markdown(report))
+    return report
 
+
+def _run_models(models: list[EvalModel], out: Path, settings: Settings, env: dict[str, str],
+                echo: bool) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """One lm-eval run per model and shot count: ({label: metric rows}, the models' records)."""
     shots: list[int | None] = list(settings.num_fewshot) if settings.num_fewshot else [None]
     per_model: dict[str, list[dict[str, Any]]] = {}
     model_records = []
@@ -176,7 +203,7 @@ def run_eval(model: str, tuned: list[str], out: Path, settings: Settings, includ
             if echo:
                 print(f"\n=== sftpack eval: {m.label} ({m.kind}), {tag}: {' '.join(settings.tasks)}", flush=True)
             run_started = time.monotonic()
-            fw.run_logged(cmd, workdir, env, out / "logs" / f"{m.label}-{tag}.log", echo=echo)
+            fw.run_logged(cmd, Path(settings.workdir), env, out / "logs" / f"{m.label}-{tag}.log", echo=echo)
             wall = time.monotonic() - run_started
             run = res.read_run(output_path)
             rows += res.metric_rows(run)
@@ -187,20 +214,4 @@ def run_eval(model: str, tuned: list[str], out: Path, settings: Settings, includ
                              float(run.results.get("total_evaluation_time_seconds", "nan")))})
         per_model[m.label] = rows
         model_records.append({**asdict(m), "runs": runs})
-
-    base_label = models[0].label if include_base else None
-    report = {
-        "schema_version": res.SCHEMA_VERSION,
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": asdict(settings),
-        "task_leaves": leaves,
-        "environment": environment(),
-        "base_label": base_label,
-        "models": model_records,
-        "rows": res.combine(per_model, base_label),
-        "wall_s": round(time.monotonic() - started, 2),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "eval.json", report, ensure_ascii=False)
-    write_text(out / "eval.md", res.render_markdown(report))
-    return report
+    return per_model, model_records

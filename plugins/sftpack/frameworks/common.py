@@ -1,12 +1,13 @@
 """What every framework adapter shares: the repo's paths, the offline environment, finding a CLI, `lm_eval`'s
-command line, a logged runner. Framework-specific knowledge lives in llamafactory.py and swift.py.
+command line, a logged runner (through sftpack.bench.monitor: its own process group, ended on every way out), and
+where a model is (`model_location`: sftpack.paths' one local-vs-hub rule plus this machine's hub caches).
+Framework-specific knowledge lives in llamafactory.py and swift.py.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -85,19 +86,80 @@ def last_checkpoint(output_dir: Path) -> Path:
 
 
 def run_logged(cmd: list[str], cwd: Path, env: Mapping[str, str], log_path: Path, echo: bool = True) -> None:
-    """Run `cmd`, copying its output to `log_path` (and the terminal when `echo`); raise on failure."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(cmd) + f"\n# cwd: {cwd}\n")
-        log.flush()
-        process = subprocess.Popen(cmd, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, errors="replace", bufsize=1)
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
-            if echo:
-                sys.stdout.write(line)
-        code = process.wait()
+    """Run `cmd`, copying its output to `log_path` (and the terminal when `echo`); raise on failure.
+
+    It runs through sftpack.bench.monitor.run_measured (unmeasured), the one place children start: its own process
+    group, ended on every way out (Ctrl-C, SIGTERM, an exception, sftpack's own death)."""
+    from sftpack.bench.monitor import run_measured
+
+    measured = run_measured([str(part) for part in cmd], Path(cwd), env, log_path, timeout_s=None, sample=False,
+                            echo=echo)
+    code = measured.exit_code
     if code != 0:
         tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
-        raise SftpackError(f"`{Path(cmd[0]).name} {' '.join(cmd[1:2])}` exited {code}; log: {log_path}\n{tail}")
+        how = f"was killed by {measured.signal_name}" if measured.signal_name else f"exited {code}"
+        shown = [Path(str(cmd[0])).name, *map(str, cmd[1:4 if len(cmd) > 1 and cmd[1] == "-m" else 2])]
+        raise SftpackError(f"`{' '.join(shown)}` {how}; log: {log_path}\n{tail}")
+
+
+# -- models: the one rule of sftpack.paths, plus this machine's hub caches --------------------------------------
+def cached_hub_model(hub_id: str) -> tuple[Path | None, str | None]:
+    """A hub id (`org/name`) found in this machine's HuggingFace or ModelScope cache: (folder, where), else (None,
+    None). No network."""
+    if hub_id.count("/") != 1:
+        return None, None
+    org, name = hub_id.split("/")
+    hf_hubs = [os.environ.get("HF_HUB_CACHE"), os.environ.get("HF_HOME") and os.path.join(os.environ["HF_HOME"], "hub"),
+               os.path.expanduser("~/.cache/huggingface/hub")]
+    for hub in filter(None, hf_hubs):
+        for snapshot in sorted(Path(hub).glob(f"models--{org}--{name}/snapshots/*")):
+            if (snapshot / "config.json").is_file() and any(snapshot.glob("*.safetensors")):
+                return snapshot.resolve(), f"HuggingFace cache {snapshot.resolve()}"
+    ms_hubs = [os.environ.get("MODELSCOPE_CACHE"), os.path.expanduser("~/.cache/modelscope/hub")]
+    for hub in filter(None, ms_hubs):
+        for folder in (Path(hub) / "models" / org / name, Path(hub) / org / name):
+            if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+                return folder.resolve(), f"ModelScope cache {folder.resolve()}"
+    return None, None
+
+
+def model_location(name: str, what: str, bases: tuple[Path, ...] = (),
+                   environ: Mapping[str, str] | None = None) -> Path | str:
+    """Where the model `name` is: an existing local Path, or a hub id (str). sftpack.paths decides local vs hub.
+
+    `bases`: folders a relative name is looked up in before the current folder (pipelines and suites resolve
+    against the repository root); a name whose first part is a folder there is local too. A local-looking name
+    that exists nowhere is "no such file or folder" at once (SftpackError naming `what` and every place looked
+    in). A hub id is returned when it is in this machine's cache, or when the hubs are on; offline and not
+    cached it is "not found" too (sftpack.paths.local_or_hub says so)."""
+    from sftpack.paths import local_or_hub, looks_local
+
+    path = Path(name).expanduser()
+    relative = not path.is_absolute()
+    places = [Path(base) / path for base in bases if relative] + [path]
+    for place in places:
+        if place.exists():
+            return place
+    first = name.split("/", 1)[0]
+    if looks_local(name) or ("/" in name and relative and any((Path(base) / first).is_dir() for base in bases)):
+        looked = " nor ".join(dict.fromkeys(str(place.resolve()) for place in places))
+        raise SftpackError(f"{what} {name}: no such file or folder ({looked})")
+    if cached_hub_model(name)[0] is not None:
+        return name   # in this machine's HuggingFace/ModelScope cache: the frameworks read it offline
+    return local_or_hub(name, what, environ)   # a hub id: "not found" when the hubs are off
+
+
+def model_path_problem(path: str, what: str = "model.path") -> str | None:
+    """Why a suite's or pipeline's `model.path` cannot be what it says, known before any work; None when it may be.
+
+    A local-looking name (sftpack.paths) must exist -- relative names at the repository root or in the current
+    folder -- and be a folder with config.json. A hub id is left to the caller (its cache, a download, or the
+    declared `build_shape`)."""
+    try:
+        where = model_location(path, what, bases=(REPO_ROOT,), environ={})   # {}: hubs "on"; the caller decides
+    except SftpackError as err:
+        return str(err).removeprefix(f"{what} {path}: ")
+    if isinstance(where, Path) and not (where / "config.json").is_file():
+        kind = "a file" if where.is_file() else "a folder without config.json"
+        return f"{where.resolve()} is {kind}, so it is not a model folder"
+    return None

@@ -5,6 +5,10 @@
     sftpack run benchmarks/pipelines/qwen2.5_1.5b_gpu.yaml --out runs/qwen
     sftpack run benchmarks/pipelines/qwen2.5_1.5b_gpu_smoke.yaml --offline   # no hub calls: fallbacks at once
     sftpack run benchmarks/pipelines/tiny_cpu.yaml --force train_swift   # redo one stage (and those after it)
+
+`--out` is locked while a run works in it: a second `sftpack run` on the same folder fails at once, naming the
+first. Ctrl-C / SIGTERM / SIGHUP end the stage's processes (training, lm_eval) and exit 130 / 143 / 129; finished
+stages keep their outputs. A local-looking `model.path` that is not a model folder fails when the file is read.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ def run_pipeline(path: Path, out: Path | None = None, force: list[str] | None = 
     go_offline(offline)   # first: before anything in this process imports huggingface_hub or datasets
     from sftpack.pipeline.schema import load_pipeline
     from sftpack.pipeline.stages import run_stages
-    from sftpack.pipeline.steps import check_gpu, print_fallbacks, stages
+    from sftpack.pipeline.steps import check_gpu, check_model, print_fallbacks, stages
 
     pipeline = load_pipeline(path)
     check_gpu(pipeline)
+    check_model(pipeline)
     out = (out or default_out(pipeline.name)).resolve()
     print(f"sftpack run: {pipeline.path} -> {out}", flush=True)
     print_fallbacks(pipeline)   # every fallback the spec allows (offline included), before the first stage
@@ -70,7 +75,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("pipeline", nargs="?", default=str(DEFAULT_PIPELINE),
                         help=f"pipeline YAML (default: the embedded CPU default {DEFAULT_PIPELINE.relative_to(fw.REPO_ROOT)})")
-    parser.add_argument("--out", help="output folder (default: runs/pipelines/<pipeline name> under the repo root)")
+    parser.add_argument("--out", help="output folder (default: runs/pipelines/<pipeline name> under the repo root); "
+                                      "locked while the run works in it")
     parser.add_argument("--force", action="append", metavar="STAGE",
                         help="redo STAGE (model, data, train_llamafactory, train_swift, eval, report) and the stages "
                              "after it; repeatable")

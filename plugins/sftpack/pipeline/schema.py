@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sftpack import frameworks as fw
 from sftpack import spec
+from sftpack.frameworks.common import model_path_problem
 from sftpack.spec import At, key
 
 FRAMEWORKS = fw.FRAMEWORKS
@@ -64,10 +65,18 @@ class ModelSpec:
     download: bool = False            # try the hubs for `path` when it is not on this machine (never when offline)
     tokenizer: str | None = None      # a tokenizer folder for the built model (`sftpack tiny-model --tokenizer`)
     tokenizer_required: bool = True   # false: an absent `tokenizer` folder -> the built tokenizer, said in the report
+    _at: At | None = field(default=None, repr=False, compare=False)   # its place in the file, for later errors
 
     def check(self, at: At) -> None:
         if self.path is None and self.build_shape is None:
             at.error("nothing to train", expected=f"`path` (a folder or hub id) or `build_shape` (one of {_shapes()})")
+        if self.path is not None:
+            # sftpack.paths' rule: a local-looking path (`./m`, `work/tinyy`, `x.safetensors`) that is not there is
+            # an error now, never a hub lookup or random weights later; `build_shape` stands in for hub ids only
+            problem = model_path_problem(self.path)
+            if problem is not None:
+                at["path"].error(problem, self.path, "a model folder (with config.json), or a hub id (looked up in "
+                                 "this machine's cache, downloaded with `download: true`)")
         if self.tokenizer is not None:
             self._check_tokenizer(at["tokenizer"])
 

@@ -12,7 +12,9 @@ computes every stage's key first (no work yet) and then, stage by stage:
     done.json without a key    (written before keys existed) counted as changed: re-run, said so
     no done.json               run
 
-`--force STAGE` deletes that stage's folder and the done-markers of every later stage, so they run again. A stage
+The whole run holds the OS lock of `<out>` (sftpack.locks): a second run on the same `--out` fails at once, naming
+the first; nothing of either is deleted. A stage folder is replaced only when sftpack wrote it (its .sftpack-stage
+marker). `--force STAGE` deletes that stage's folder and the done-markers of every later stage, so they run again. A stage
 that runs starts from an empty folder (no leftovers of an unfinished attempt). A stage that raises stops the
 pipeline: its folder has no done-marker, earlier stages keep theirs, and the error names the log to read.
 """
@@ -31,6 +33,7 @@ from typing import Any
 
 from sftpack.artifacts import write_json
 from sftpack.errors import SftpackError
+from sftpack.locks import hold
 from sftpack.provenance import utc_now
 
 DONE = "done.json"
@@ -84,8 +87,16 @@ def banner(text: str, started: float) -> None:
 
 
 def read_done(out: Path, stage: str) -> dict[str, Any] | None:
+    """The stage's done-record; None when it has none. An unreadable one (edited, truncated by hand) counts as a
+    record without a key: the stage re-runs, saying why."""
     marker = out / stage / DONE
-    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+    if not marker.is_file():
+        return None
+    try:
+        done = json.loads(marker.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        return {"unreadable": f"{marker} is not valid JSON ({err})"}
+    return done if isinstance(done, dict) else {"unreadable": f"{marker} holds no JSON object"}
 
 
 def _canonical(value: Any) -> Any:
@@ -127,6 +138,8 @@ def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def why_changed(done: dict[str, Any], plan: Plan) -> str | None:
     """None when `done` (a done.json record) was made from the same inputs as `plan`; else why not, in words."""
+    if "unreadable" in done:
+        return f"{done['unreadable']}, counted as changed"
     if "key" not in done:
         return "its done.json has no key (written before stages were keyed), counted as changed"
     if done["key"] == plan.key:
@@ -229,14 +242,22 @@ def check_owned(stages: list[Stage], out: Path) -> None:
                            "changed; choose another --out, or move those folders away")
 
 
-def run_stages(stages: list[Stage], out: Path, force: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Run `stages` in order under `out`, skipping those whose key is unchanged; return {stage: done-record}."""
+def run_stages(stages: list[Stage], out: Path, force: list[str] | None = None,
+               command: str = "sftpack run") -> dict[str, dict[str, Any]]:
+    """Run `stages` in order under `out`, skipping those whose key is unchanged; return {stage: done-record}.
+
+    `out` is locked for the whole run (sftpack.locks): a second run on it fails at once, naming this one."""
     force = list(force or [])
     out = Path(out).resolve()
-    check_owned(stages, out)
+    check_owned(stages, out)   # before anything is written into `out`, the lock file included
     plans = plan_stages(stages)
+    with hold(out, command):
+        check_owned(stages, out)   # again under the lock
+        return _run_all(stages, out, plans, force)
+
+
+def _run_all(stages: list[Stage], out: Path, plans: dict[str, Plan], force: list[str]) -> dict[str, dict[str, Any]]:
     forced = _force(stages, out, force)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     ctx = Context(out=out, outputs={}, started=started)
     records: dict[str, dict[str, Any]] = {}

@@ -127,6 +127,21 @@ def _missing_model(pipeline: Pipeline, why_not: str | None) -> PipelineError:
         f"random weights explicitly: `build_shape: SHAPE` under `model:` (one of {sorted(SHAPES)})")
 
 
+def check_model(pipeline: Pipeline) -> None:
+    """Before the first stage: a `model.path` that cannot be had (not here, not cached, no download allowed or the
+    hubs off) with no `build_shape` asked for is an error now, not after other work. Local-looking paths were
+    checked when the file was read (schema.ModelSpec.check)."""
+    from sftpack.bench.runner import find_local_model
+
+    spec = pipeline.model
+    if not spec.path or requested_build_shape(pipeline) is not None or find_local_model(spec.path)[0] is not None:
+        return
+    offline = offline_reason()
+    if spec.download and offline is None:
+        return   # the model stage tries the hubs
+    raise _missing_model(pipeline, _not_found(spec, offline))
+
+
 def model_inputs(pipeline: Pipeline) -> dict[str, Any]:
     """What the model stage's output depends on: the folder found (by file sizes and times), or the build."""
     from sftpack.bench.runner import find_local_model
