@@ -26,6 +26,7 @@ import yaml
 
 from sftpack import frameworks as fw
 from sftpack import parity
+from sftpack.errors import SftpackError
 from sftpack.samples import sample_path
 from sftpack.swift_datasets import alpaca_columns, plan
 
@@ -391,6 +392,27 @@ def test_the_shipped_chat_task_is_the_shipped_configs_format():
     text = (fw.EVAL_TASKS / "gsm8k-local-chat.yaml").read_text(encoding="utf-8")
     assert "generated" in text.lower() and "train_configs/qwen_gsm8k.yaml" in text
     assert f"<|im_start|>system\\n{QWEN_SYSTEM}<|im_end|>" in text  # = the qwen template's default
+
+
+def test_a_pipeline_evaluates_with_the_chat_format_it_trains(tiny_model, tmp_path):
+    """`sftpack run`: the shipped configs keep the shipped chat task; a template switched in the pipeline's train
+    overrides gets a chat task generated from it (inference = training prompt); LF and Swift trained in different
+    chat formats cannot share one chat task -- an error, not a silent mismatch."""
+    from sftpack.pipeline import steps
+    from sftpack.pipeline.schema import load_pipeline
+
+    pipeline = load_pipeline(fw.REPO_ROOT / "benchmarks/pipelines/tiny_cpu.yaml")
+    assert steps._chat_tasks(pipeline, str(tiny_model), tmp_path) == fw.EVAL_TASKS
+    for spec in pipeline.train:
+        spec.overrides = {**spec.overrides, "template": "chatml"}
+    tasks = steps._chat_tasks(pipeline, str(tiny_model), tmp_path)
+    chat = (tasks / "gsm8k-local-chat.yaml").read_text(encoding="utf-8")
+    assert tasks == tmp_path / "tasks" and "Qwen" not in "\n".join(_body(chat))
+    assert 'doc_to_text: "<|im_start|>user\\n{{question}}<|im_end|>\\n<|im_start|>assistant\\n"' in chat
+    assert (tasks / "gsm8k-local.yaml").read_bytes() == (fw.EVAL_TASKS / "gsm8k-local.yaml").read_bytes()
+    pipeline.train[0].overrides["default_system"] = "Be brief."
+    with pytest.raises(SftpackError, match="different chat formats"):
+        steps._chat_tasks(pipeline, str(tiny_model), tmp_path)
 
 
 @pytest.mark.integration

@@ -105,7 +105,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     how.add_argument("--offline", action="store_true",
                      help="set HF_HUB_OFFLINE/HF_DATASETS_OFFLINE/TRANSFORMERS_OFFLINE for the lm-eval runs")
     how.add_argument("--model-args", help="more lm-eval model_args, appended: e.g. parallelize=True (a model "
-                                          "split over the GPUs), max_length=4096, trust_remote_code=True")
+                                          "split over the GPUs), max_length=4096; trust_remote_code=True only for a "
+                                          "model that ships its own code (off by default; Qwen2.5 needs none)")
     how.add_argument("--lm-eval-args", default="", help="more lm-eval arguments, one shell-quoted string")
     how.add_argument("--quiet", action="store_true", help="do not echo lm-eval's output (it is still logged)")
     parser.set_defaults(func=cmd_eval)

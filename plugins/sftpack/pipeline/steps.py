@@ -328,16 +328,54 @@ def eval_inputs(pipeline: Pipeline) -> dict[str, Any]:
             "eval_tasks_sha256": tree_sha256(fw.EVAL_TASKS), "versions": versions(*EVAL_PACKAGES)}
 
 
+def _chat_tasks(pipeline: Pipeline, model: str, folder: Path) -> Path:
+    """The task folder for the eval: the shipped `eval_tasks/`, or -- when the training configs (with their
+    overrides) train another chat format than the shipped chat task's (another template or system prompt) -- a copy
+    of it in `<eval>/tasks/` whose chat task is generated from that format, so that inference uses the training
+    prompt. Train entries that train different chat formats cannot share one chat task: an error saying so."""
+    import shutil
+
+    import yaml
+
+    from sftpack.artifacts import write_text
+    from sftpack.evaluate import tasks as tasklib
+    from sftpack.training import merged_config
+
+    if tasklib.CHAT_TASK not in pipeline.eval.tasks:
+        return fw.EVAL_TASKS
+
+    rendered: dict[str, str] = {}
+    for spec in pipeline.train:
+        config = folder / f"{spec.stage}.config.yaml"   # the run's config as trained, for the generator
+        write_text(config, yaml.safe_dump(merged_config(spec.config_path, spec.overrides), sort_keys=False))
+        body = tasklib.chat_task_yaml(config, tokenizer=model)
+        rendered[spec.stage] = body.split("include:", 1)[1]   # the task itself, without the header comment
+    if len(set(rendered.values())) > 1:
+        raise SftpackError(f"{pipeline.path}: the train entries {sorted(rendered)} train different chat formats "
+                           f"(template or system prompt), so one {tasklib.CHAT_TASK} cannot use the training prompt "
+                           "of each; give them the same template and system, or evaluate them in separate pipelines")
+    shipped = (fw.EVAL_TASKS / f"{tasklib.CHAT_TASK}.yaml").read_text(encoding="utf-8").split("include:", 1)[1]
+    if not rendered or next(iter(rendered.values())) == shipped:
+        return fw.EVAL_TASKS
+    tasks = folder / "tasks"
+    shutil.rmtree(tasks, ignore_errors=True)
+    shutil.copytree(fw.EVAL_TASKS, tasks)
+    write_text(tasks / f"{tasklib.CHAT_TASK}.yaml", body)
+    print(f"eval: {tasklib.CHAT_TASK} generated from the training configs' chat format -> {tasks}", flush=True)
+    return tasks
+
+
 def eval_stage(pipeline: Pipeline):
     def run(ctx: Context) -> dict[str, Any]:
         from sftpack.evaluate.runner import Settings, run_eval
 
         spec = pipeline.eval
+        folder = ctx.dir("eval")
         settings = Settings(tasks=list(spec.tasks), limit=spec.limit, device=spec.device,
                             batch_size=str(spec.batch_size), dtype=spec.dtype, gen_kwargs=spec.gen_kwargs,
-                            workdir=ctx.outputs["data"]["workdir"])
+                            workdir=ctx.outputs["data"]["workdir"],
+                            include_path=str(_chat_tasks(pipeline, ctx.outputs["model"]["path"], folder)))
         tuned = [f"{t.framework}={ctx.outputs[t.stage]['trained_model']}" for t in pipeline.train]
-        folder = ctx.dir("eval")
         try:
             run_eval(ctx.outputs["model"]["path"], tuned, folder, settings, env=_env(ctx, "eval", pipeline))
         except SftpackError as err:
