@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-s", type=float, help="bench's deadline (default: what the budget leaves)")
     parser.add_argument("--timeout-s", type=float, help="bench's per-run timeout (default: the suite's)")
     parser.add_argument("--only", help="bench's --only: comma-separated run names (default: every run)")
+    parser.add_argument("--fit-check", choices=["warn", "refuse", "off"], default="warn",
+                        help="before each run `sftpack estimate` predicts its peak (recorded in estimate.json beside result.json, to compare with the measured peak); warn (default): run even when predicted not to fit; off: no estimate (saves ~5-15 s per distinct config)")
     parser.add_argument("--allow-no-cuda", action="store_true", help="the CPU twin (tests/test_gpu_kit.py)")
     parser.add_argument("--pipeline", type=Path, help="a pipeline to run after the suite when time is left")
     parser.add_argument("--pipeline-min-s", type=float, default=200.0, help="time the pipeline needs to start")
@@ -261,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         bench += ["--timeout-s", f"{args.timeout_s:g}"]
     if args.only:
         bench += ["--only", args.only]
+    if args.fit_check != "refuse":
+        bench += ["--force-fit" if args.fit_check == "warn" else "--no-fit-check"]
     if not preflight["liger"]["usable"]:
         bench += ["--skip-module", f"liger_kernel=preflight: {preflight['liger']['reason']}"]
     started = elapsed()

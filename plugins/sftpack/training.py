@@ -14,6 +14,11 @@ framework's own log (loss curve, train runtime, tokens real or padded, torch GPU
 on a GPU, copies the raw logs into `record_dir` and writes `record_dir/result.json` (sftpack.bench.results
 RunResult, schema_version 2). A failure, timeout, deadline or kill is a recorded status, not an exception; an
 interrupt (Ctrl-C, SIGTERM) is recorded and re-raised.
+
+Before a GPU run the core asks `sftpack estimate` (in a subprocess, so the harness process stays small) for the
+run's predicted peak on the GPU it will see, prints it, records it in `record_dir/estimate.json` and in
+result.json's `harness.estimate`, and refuses a run predicted not to fit (status `skipped`, the reason in
+`status_detail`) unless `job.fit_check` is "warn" (the CLIs' --force-fit: run anyway) or "off".
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +44,9 @@ from sftpack.frameworks.logs import looks_like_oom
 from sftpack.provenance import utc_now
 
 LOG_TAIL_LINES = 40
+FIT_CHECKS = ("refuse", "warn", "off")
+ESTIMATE_TIMEOUT_S = 300.0
+MIB = 1024 ** 2
 
 
 @dataclass
@@ -60,6 +70,13 @@ class TrainJob:
     echo: bool = False
     gpu_name: str | None = None          # for MFU's peak (from the captured environment)
     identity: dict = field(default_factory=dict)     # RunResult's suite/session/run/repeat/group/... fields
+    # Before a GPU run, `sftpack estimate` against the GPU it sees: "refuse" a run predicted not to fit,
+    # "warn" (the CLIs' --force-fit: print the estimate and run anyway), "off" (no estimate).
+    fit_check: str = "refuse"
+
+    def __post_init__(self):
+        if self.fit_check not in FIT_CHECKS:
+            raise ValueError(f"TrainJob.fit_check {self.fit_check!r} unknown. Expected one of {list(FIT_CHECKS)}")
 
 
 def _free_port() -> int:
@@ -177,6 +194,13 @@ def run_training(job: TrainJob, result: RunResult | None = None) -> RunResult:
         return result
     adapter = fw.adapter(job.framework)
     env, _ = environment(job)
+    estimate = fit_check(job, env)
+    if estimate is not None and estimate.get("fits") is False and job.fit_check == "refuse":
+        result.status = "skipped"
+        result.status_detail = f"refused before starting: {estimate['line']} (--force-fit to try anyway)"
+        result.harness = {"estimate": estimate}
+        write_json(job.record_dir / "result.json", result.to_dict())
+        return result
     limit_s, by_deadline = job.timeout_s, False
     if job.deadline is not None and job.deadline - time.monotonic() < job.timeout_s:
         limit_s, by_deadline = max(job.deadline - time.monotonic(), 1.0), True
@@ -236,7 +260,8 @@ def run_training(job: TrainJob, result: RunResult | None = None) -> RunResult:
                       "samples": sampler.get("samples"), "pss_samples": sampler.get("pss_samples"),
                       "pss_budget_of_one_core": sampler.get("pss_budget_of_one_core"),
                       "sampler_cpu_s": sampler.get("cpu_s"), "parse_s": parse_s,
-                      "harness_process_peak_rss_mib": harness_rss_mib(), "timeout_s": job.timeout_s}
+                      "harness_process_peak_rss_mib": harness_rss_mib(), "timeout_s": job.timeout_s,
+                      "estimate": estimate}
     if result.status == "ok":
         try:
             result.trained_model = str(adapter.trained_model(job.output_dir))
@@ -248,6 +273,74 @@ def run_training(job: TrainJob, result: RunResult | None = None) -> RunResult:
         _write_timeline(job.record_dir / "memory_timeline.csv", measured.timeline)
     write_json(job.record_dir / "result.json", result.to_dict())
     return result
+
+
+# One estimate per distinct (framework, config, overrides, visible GPU) in a process: repeats reuse it.
+_ESTIMATES: dict[str, dict[str, Any]] = {}
+
+
+def fit_check(job: TrainJob, env: Mapping[str, str]) -> dict[str, Any] | None:
+    """Before a GPU run: the run's estimate against the GPU its environment makes visible (None on a CPU run or
+    with fit_check "off"). The report goes to record_dir/estimate.json; the summary returned has `fits`
+    (True/False, None when unknown), the predicted figures in MiB and a printed `line`."""
+    if job.gpus == 0 or job.fit_check == "off":
+        return None
+    if job.gpus > 1:
+        summary = {"fits": None, "line": f"estimate: not checked for {job.gpus} GPUs (sftpack estimate models one "
+                                         "GPU without DDP buckets or ZeRO/FSDP sharding)"}
+        print(summary["line"], flush=True)
+        return summary
+    overrides = run_overrides(job)
+    key = json.dumps([job.framework, str(Path(job.config).resolve()), overrides, str(job.cwd),
+                      env.get("CUDA_VISIBLE_DEVICES"), env.get("SFTPACK_GPU_MEM")], sort_keys=True, default=str)
+    if key not in _ESTIMATES:
+        _ESTIMATES[key] = _estimate(job, overrides, env)
+    report = _ESTIMATES[key].get("report")
+    if report is not None:
+        write_json(job.record_dir / "estimate.json", report)
+    summary = {k: v for k, v in _ESTIMATES[key].items() if k != "report"}
+    print(summary["line"], flush=True)
+    return summary
+
+
+def _estimate(job: TrainJob, overrides: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """`python -m sftpack.estimate` on the job; its report and a summary (never raises: an estimate that cannot be
+    made lets the run start, saying why)."""
+    import tempfile
+
+    started = time.perf_counter()
+    model = str(Path(job.model).resolve()) if Path(job.model).is_dir() else str(job.model)   # a folder or hub id
+    with tempfile.TemporaryDirectory(prefix="sftpack-estimate-") as tmp:
+        out = Path(tmp) / "estimate.json"
+        cmd = [sys.executable, "-m", "sftpack.estimate", str(Path(job.config).resolve()), "--framework",
+               job.framework, "--model", model, "--gpu-mem", "auto", "--fit-search", "never",
+               "--json", str(out), "--quiet",
+               "--overrides-json", json.dumps(dict(overrides), default=str)]
+        try:
+            proc = subprocess.run(cmd, cwd=job.cwd, env=dict(env), capture_output=True, text=True,
+                                  timeout=ESTIMATE_TIMEOUT_S)
+            report = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else None
+            why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        except subprocess.TimeoutExpired:
+            report, why = None, f"timed out after {ESTIMATE_TIMEOUT_S:g} s"
+    seconds = round(time.perf_counter() - started, 1)
+    if report is None:
+        return {"fits": None, "seconds": seconds, "line": f"estimate: unavailable ({why}); the run starts anyway"}
+    worst = report["batches"]["worst"]
+    gpu, total = worst["gpu"], report["gpu_mem_bytes"]
+    summary = {"fits": worst["fits"], "seconds": seconds, "file": "estimate.json",
+               "predicted_allocated_mib": round(gpu["allocated_bytes"] / MIB, 1),
+               "predicted_reserved_mib": round(gpu["reserved_bytes"] / MIB, 1),
+               "predicted_device_mib": round(gpu["device_bytes"] / MIB, 1),
+               "gpu_total_mib": round(total / MIB, 1), "gpu_source": report["gpu_mem_source"],
+               "micro_batch": worst["batch"]["text"], "peak_phase": worst["peak_phase"]}
+    verdict = "fits" if worst["fits"] else "does NOT fit"
+    hint = "" if worst["fits"] else (f"; `sftpack estimate {job.config} --gpu-mem {total / 2 ** 30:.0f}GiB` finds "
+                                     "the micro-batch or the change that fits")
+    summary["line"] = (f"estimate: predicted {gpu['device_bytes'] / 2 ** 30:.2f} GiB on the GPU (torch allocated "
+                       f"{gpu['allocated_bytes'] / 2 ** 30:.2f} GiB) for micro-batch {worst['batch']['text']}: "
+                       f"{verdict} the {total / 2 ** 30:.2f} GiB of {report['gpu_mem_source']}{hint}")
+    return {**summary, "report": report}
 
 
 def arm_nvml(job: TrainJob) -> str | None:

@@ -10,7 +10,7 @@ Callers (the training core, bench, pipeline, fairness) never branch on a framewo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -36,6 +36,57 @@ class Sample:
         return cls(list(input_ids), list(labels), decode(input_ids[:start]), decode(input_ids[start:]))
 
 
+Config = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class MemoryTraits:
+    """What a framework does to a training step's memory that its config keys alone do not say (read by
+    `sftpack estimate`; each adapter's `memory_traits`). Each callable reads the merged config (YAML + overrides)
+    with the framework's own key names; the values are what the installed versions do, with their source:
+
+    | trait | LLaMA-Factory 0.9.5 | ms-swift 4.5.3 |
+    | --- | --- | --- |
+    | weights' dtype | `bf16`/`pure_bf16` -> bf16, `fp16` -> fp16, else config.json's dtype on a GPU (`infer_optim_dtype`), fp32 on a CPU (`hparams/parser.py`, `model/patcher.py`) | `torch_dtype`, else config.json's (`model_args.py`) |
+    | mixed precision (AMP autocast) | `bf16`/`fp16` | bf16 weights -> bf16; fp16 **or fp32** weights -> fp16 (`_init_mixed_precision`) |
+    | trainable params upcast to fp32 | yes, LoRA and full, unless `pure_bf16`, `use_badam` or ZeRO-3 (`model/adapter.py` `init_adapter`) | no (full trains in the weights' dtype); LoRA adapters fp32 by PEFT's `autocast_adapter_dtype` unless `lora_dtype` |
+    | layernorm / lm-head upcast | `upcast_layernorm`, `upcast_lmhead_output` (`model_utils/checkpointing.py`) | none |
+    | gradient checkpointing | on unless `disable_gradient_checkpointing`; enabled **before** LoRA; only layers with trainable params; the first float argument made to require grad in place; `use_reentrant_gc` (default true) | `gradient_checkpointing` (default true); enabled **after** LoRA with `enable_input_require_grads()`; reentrant on one GPU (`trainers/mixin.py` `_fix_gradient_checkpointing`) |
+    | loss path | the model's loss on every position (`ForCausalLMLoss`: logits upcast to fp32) | the same loss, but logits only from the batch's first labelled token (`use_logits_to_keep`, default on), then token accuracy from the logits' argmax (`_compute_acc`) |
+    | Liger kernels | `enable_liger_kernel` (RoPE, RMSNorm, SwiGLU, fused linear cross-entropy) | `use_liger_kernel` (the same through transformers' Trainer) |
+    | packing | `packing` (rows of `cutoff_len`), `neat_packing` | `packing` (padding-free: one row of the batch's tokens) |
+    | padding | to the longest row, rounded up to a multiple of 8 (`train/sft/workflow.py`) | to the longest row |
+    | unset max length | `cutoff_len` 2048 | the model's `max_position_embeddings` |
+    | unset accumulation | 1 | ceil(16 / batch) (`trainers/arguments.py`) |
+    """
+
+    method_key: str
+    weight_dtype: Callable[[Config, str | None, bool], str]   # (cfg, config.json torch_dtype, on a GPU) -> dtype
+    autocast_dtype: Callable[[Config, str], str | None]       # (cfg, weights' dtype) -> AMP dtype, None: no AMP
+    upcast_trainable: Callable[[Config], bool]                # trainable params cast to fp32 after the adapter
+    lora_dtype: Callable[[Config], str | None]                # the adapters' dtype; None: PEFT's (fp32 on half)
+    gradient_checkpointing: Callable[[Config], bool]
+    checkpointing_before_adapter: bool               # enabled before (LF) or after (Swift) LoRA is applied
+    checkpointing_inputs: str                        # "first_float_arg": LF's wrapper; "embedding_hook": HF's
+    use_reentrant: Callable[[Config], bool]
+    attention: Callable[[Config], str]               # "sdpa" | "eager" | "flash" (flash-attn 2: traced as SDPA)
+    liger: Callable[[Config], bool]
+    packing: Callable[[Config], str]                 # "none" | "rows" | "padding_free"
+    pad_to_multiple_of: int
+    logits_to_keep: Callable[[Config], bool]         # logits only from the first labelled token
+    accuracy_from_logits: bool                       # an argmax over the logits every step
+    upcast_layernorm: Callable[[Config], bool]
+    upcast_lmhead_output: Callable[[Config], bool]
+    max_length_default: Callable[[Config, Mapping[str, Any]], int]   # (cfg, config.json) when unset
+    accumulation_default: Callable[[int], int]       # per-device batch -> accumulation when unset
+    unsupported: Callable[[Config], list[str]]       # settings the trace does not model (refused, listed)
+    # The framework's keys for the changes the fit search proposes.
+    batch_key: str = "per_device_train_batch_size"
+    accumulation_key: str = "gradient_accumulation_steps"
+    max_length_key: str = ""
+    changes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
 class Adapter:
     name: str = ""              # as in suites and pipelines: "llamafactory" | "swift"
     short: str = ""             # in reports: "LF" | "Swift"
@@ -48,6 +99,7 @@ class Adapter:
     tiny_cpu: Mapping[str, Any] = {}      # overrides every shipped config needs on the tiny model on a CPU
     model_key: str = ""                   # the config key naming the model (its tokenizer renders the chat format)
     config_keys: tuple[str, ...] = ()     # keys only this framework's training configs have
+    memory_traits: MemoryTraits | None = None   # for `sftpack estimate`
 
     # -- the command ----------------------------------------------------------------------------------------
     def command(self, config: Path, overrides: Mapping[str, Any]) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sftpack import parity
-from sftpack.frameworks.base import Adapter, Sample
+from sftpack.frameworks.base import Adapter, Config, MemoryTraits, Sample
 from sftpack.frameworks.common import text
 from sftpack.frameworks.logs import GIB_TO_MIB, TrainLog, max_number
 
@@ -24,7 +24,67 @@ RESULTS = ("train_results.json", "all_results.json")
 _PARAMS = re.compile(r"trainable params: ([\d,]+) \|\| all params: ([\d,]+) \|\| trainable%: ([\d.]+)")
 
 
+# -- memory traits (sftpack estimate): see base.MemoryTraits for the table ----------------------------------
+def _lf_weight_dtype(cfg: Config, model_dtype: str | None, on_gpu: bool) -> str:
+    if cfg.get("bf16") or cfg.get("pure_bf16"):
+        return "bfloat16"
+    if cfg.get("fp16"):
+        return "float16"
+    if on_gpu:   # infer_optim_dtype: bf16 on a bf16 GPU when config.json says bf16 or nothing
+        return "bfloat16" if model_dtype in (None, "bfloat16") else "float16"
+    return "float32"
+
+
+def _lf_autocast(cfg: Config, weight_dtype: str) -> str | None:
+    return "bfloat16" if cfg.get("bf16") else "float16" if cfg.get("fp16") else None
+
+
+def _lf_upcast_trainable(cfg: Config) -> bool:
+    zero3 = "z3" in str(cfg.get("deepspeed") or "") or "zero3" in str(cfg.get("deepspeed") or "")
+    return not (cfg.get("pure_bf16") or cfg.get("use_badam") or zero3)
+
+
+def _lf_unsupported(cfg: Config) -> list[str]:
+    keys = ("use_galore", "use_apollo", "use_badam", "use_muon", "use_unsloth", "use_unsloth_gc", "quantization_bit",
+            "use_dora", "pissa_init")
+    return [f"{key}: {cfg[key]}" for key in keys if cfg.get(key)]
+
+
+MEMORY_TRAITS = MemoryTraits(
+    method_key="finetuning_type",
+    weight_dtype=_lf_weight_dtype,
+    autocast_dtype=_lf_autocast,
+    upcast_trainable=_lf_upcast_trainable,
+    lora_dtype=lambda cfg: None,
+    gradient_checkpointing=lambda cfg: not cfg.get("disable_gradient_checkpointing", False),
+    checkpointing_before_adapter=True,
+    checkpointing_inputs="first_float_arg",
+    use_reentrant=lambda cfg: bool(cfg.get("use_reentrant_gc", True)),
+    attention=lambda cfg: {"disabled": "eager", "eager": "eager", "fa2": "flash"}.get(
+        str(cfg.get("flash_attn", "auto")), "sdpa"),
+    liger=lambda cfg: bool(cfg.get("enable_liger_kernel", False)),
+    packing=lambda cfg: "rows" if (cfg.get("packing") or cfg.get("neat_packing")
+                                   or (cfg.get("packing") is None and cfg.get("stage") == "pt")) else "none",
+    pad_to_multiple_of=8,
+    logits_to_keep=lambda cfg: False,
+    accuracy_from_logits=False,
+    upcast_layernorm=lambda cfg: bool(cfg.get("upcast_layernorm", False)),
+    upcast_lmhead_output=lambda cfg: bool(cfg.get("upcast_lmhead_output", False)),
+    max_length_default=lambda cfg, model: 2048,
+    accumulation_default=lambda batch: 1,
+    unsupported=_lf_unsupported,
+    max_length_key="cutoff_len",
+    changes={
+        "gradient_checkpointing": {"disable_gradient_checkpointing": False},
+        "liger": {"enable_liger_kernel": True},
+        "optim_8bit": {"optim": "adamw_bnb_8bit"},
+        "lora": {"finetuning_type": "lora", "lora_rank": 16, "lora_alpha": 32, "lora_target": "all"},
+    },
+)
+
+
 class LlamaFactory(Adapter):
+    memory_traits = MEMORY_TRAITS
     name, short, cli, package = "llamafactory", "LF", ("llamafactory-cli", "train"), "llamafactory"
     harness_keys = ("model_name_or_path", "output_dir", "include_num_input_tokens_seen")
     log_file, raw_logs = LOG, (LOG,) + RESULTS

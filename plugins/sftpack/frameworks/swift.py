@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from sftpack import parity
-from sftpack.frameworks.base import Adapter, Sample
+from sftpack.frameworks.base import Adapter, Config, MemoryTraits, Sample
 from sftpack.frameworks.common import SWIFT_PLUGIN, last_checkpoint, text
 from sftpack.frameworks.logs import GIB_TO_MIB, TrainLog, max_number
 
@@ -29,7 +30,60 @@ _DATASET = re.compile(r"^([\d.]+)±")
 MODEL_TYPES = {"qwen2": "qwen2"}
 
 
+# -- memory traits (sftpack estimate): see base.MemoryTraits for the table ----------------------------------
+def _swift_weight_dtype(cfg: Config, model_dtype: str | None, on_gpu: bool) -> str:
+    return str(cfg.get("torch_dtype") or model_dtype or "bfloat16")
+
+
+def _swift_autocast(cfg: Config, weight_dtype: str) -> str | None:
+    if cfg.get("bf16") is not None or cfg.get("fp16") is not None:
+        return "bfloat16" if cfg.get("bf16") else "float16" if cfg.get("fp16") else None
+    return "bfloat16" if weight_dtype == "bfloat16" else "float16"   # fp16 AMP for fp16 *and* fp32 weights
+
+
+def _swift_unsupported(cfg: Config) -> list[str]:
+    keys = ("quant_bits", "quant_method", "use_galore", "lisa_activated_layers", "sequence_parallel_size")
+    found = [f"{key}: {cfg[key]}" for key in keys if cfg.get(key) and cfg.get(key) != 1]
+    if str(cfg.get("tuner_backend") or "peft") != "peft":
+        found.append(f"tuner_backend: {cfg['tuner_backend']}")
+    return found
+
+
+MEMORY_TRAITS = MemoryTraits(
+    method_key="tuner_type",
+    weight_dtype=_swift_weight_dtype,
+    autocast_dtype=_swift_autocast,
+    upcast_trainable=lambda cfg: False,
+    lora_dtype=lambda cfg: cfg.get("lora_dtype"),
+    gradient_checkpointing=lambda cfg: bool(cfg.get("gradient_checkpointing", True)),
+    checkpointing_before_adapter=False,
+    checkpointing_inputs="embedding_hook",
+    use_reentrant=lambda cfg: bool(((cfg.get("gradient_checkpointing_kwargs") or {}).get("use_reentrant", True))
+                                   if isinstance(cfg.get("gradient_checkpointing_kwargs"), dict) else True),
+    attention=lambda cfg: {"eager": "eager", "flash_attn": "flash", "flash_attention_2": "flash"}.get(
+        str(cfg.get("attn_impl") or "sdpa"), "sdpa"),
+    liger=lambda cfg: bool(cfg.get("use_liger_kernel", False)),
+    packing=lambda cfg: "padding_free" if (cfg.get("packing") or cfg.get("padding_free")) else "none",
+    pad_to_multiple_of=1,
+    logits_to_keep=lambda cfg: cfg.get("use_logits_to_keep") is not False,
+    accuracy_from_logits=True,
+    upcast_layernorm=lambda cfg: False,
+    upcast_lmhead_output=lambda cfg: False,
+    max_length_default=lambda cfg, model: int(model.get("max_position_embeddings") or 32768),
+    accumulation_default=lambda batch: max(1, math.ceil(16 / batch)),
+    unsupported=_swift_unsupported,
+    max_length_key="max_length",
+    changes={
+        "gradient_checkpointing": {"gradient_checkpointing": True},
+        "liger": {"use_liger_kernel": True},
+        "optim_8bit": {"optim": "adamw_bnb_8bit"},
+        "lora": {"tuner_type": "lora", "lora_rank": 16, "lora_alpha": 32, "target_modules": ["all-linear"]},
+    },
+)
+
+
 class Swift(Adapter):
+    memory_traits = MEMORY_TRAITS
     name, short, cli, package = "swift", "Swift", ("swift", "sft"), "ms-swift"
     harness_keys = ("model", "output_dir", "include_num_input_tokens_seen", "external_plugins", "add_version")
     log_file, raw_logs = LOG, (LOG, "args.json")
