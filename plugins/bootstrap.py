@@ -10,7 +10,7 @@ The README's two commands (`make demo`, `make test`) call this first; when `.ven
 
 Order matters (see README "Supported versions"):
 1. torch first, at the exact version pinned in constraints.txt, so no other requirement pulls a CUDA build;
-2. then the package with its `frameworks` and `test` extras, constrained by constraints.txt;
+2. then the package (editable) with its `frameworks`, `eval` and `test` extras, constrained by constraints.txt;
 3. on a CPU build of torch only: two repairs, because PyPI carries only CUDA builds of torchvision and
    torchaudio, which llamafactory requires. torchvision is removed (text-only training never uses it) and
    torchaudio's compiled libraries are deleted so that it imports as pure Python.
@@ -85,7 +85,7 @@ def ensure(force: bool = False) -> Path:
     py = str(venv_python())
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
     _run(pip + ["-q", _torch_pin()])
-    _run(pip + ["-q", "-c", str(CONSTRAINTS), "-e", f"{ROOT}[frameworks,test]"])
+    _run(pip + ["-q", "-c", str(CONSTRAINTS), "-e", f"{ROOT}[frameworks,eval,test]"])
     _run([py, "-c", _REPAIR], label="CPU repairs of torchvision/torchaudio, if torch is a CPU build")
     STAMP.write_text(fingerprint + "\n")
     print(f"bootstrap: .venv ready in {time.monotonic() - started:.0f} s", flush=True)

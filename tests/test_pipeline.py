@@ -115,7 +115,9 @@ def _smoke_settings(pipeline: Pipeline, framework: str) -> dict:
 def test_gpu_pipelines_validate_with_and_without_the_kit_tokenizer(path, tmp_path):
     pipeline = load_pipeline(path)
     assert pipeline.requires_gpu and pipeline.model.build_shape == "qwen2.5-1.5b"
-    assert pipeline.model.tokenizer == "benchmarks/gpu/kit/qwen2.5-tokenizer" and not pipeline.model.tokenizer_required
+    assert pipeline.model.tokenizer == "../gpu/kit/qwen2.5-tokenizer" and not pipeline.model.tokenizer_required
+    kit = fw.REPO_ROOT / "benchmarks" / "gpu" / "kit" / "qwen2.5-tokenizer"   # relative to the pipeline's folder
+    assert pipeline.model.resolved_tokenizer().startswith(str(kit))
     assert pipeline.eval.device == "cuda"
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     data["model"].update(tokenizer=str(_tokenizer_folder(tmp_path / "qwen2.5-tokenizer")), tokenizer_required=True)
@@ -484,7 +486,9 @@ def test_mistyped_model_path_without_build_shape_is_an_error_before_training(tmp
         run_stages(stage_list, tmp_path / "out")
     assert time.monotonic() - started < 5 and trained == []
     message = str(info.value)
-    assert f"resolved folder: {fw.REPO_ROOT / 'modles' / 'Qwen2.5-typo'}" in message
+    # looked for next to the pipeline file first, then at the assets root (older files' paths) and the cwd
+    assert f"resolved folder: {tmp_path / 'modles' / 'Qwen2.5-typo'} (nor {fw.REPO_ROOT / 'modles' / 'Qwen2.5-typo'}" \
+        in message
     assert "`build_shape: SHAPE` under `model:`" in message and not (tmp_path / "out" / "model" / DONE).exists()
 
 

@@ -6,8 +6,12 @@
     sftpack recipe RECIPE.yaml [--out DIR]           data recipes: dedup, sampling, quotas, MCQ augmentation, mixes
     sftpack bench SUITE | report                     benchmark both frameworks; rebuild the report from results
     sftpack run [PIPELINE.yaml] [--out DIR] [--force STAGE]   prepare, train LF + Swift, eval, report (the main job)
+    sftpack estimate CONFIG [KEY=VALUE ...] [--gpu-mem 8GiB]   peak GPU memory of a training config, the batch that fits
+    sftpack init [DIR] | cp NAME DEST | ls           the shipped configs, tasks, pipelines: into a folder, one, list
+    sftpack --version                                sftpack's version and the frameworks found
 
-Framework packages are imported inside the commands, so `sftpack --help` starts without torch.
+Framework packages are imported inside the commands, so `sftpack --help` starts without torch; a missing one is
+one line naming the pip extra that installs it (sftpack.extras).
 An error a user can fix (a bad value, a missing file, a read-only or full output folder) is one line,
 `sftpack: error: PATH: cause`, exit 1; `--debug` (before or after the command) adds the traceback. Ctrl-C, SIGTERM
 and SIGHUP end every process the command started and exit 130, 143, 129.
@@ -25,6 +29,9 @@ from sftpack.errors import SftpackError
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
+    from sftpack.extras import require
+
+    require("torch", "transformers", what="sftpack tiny-model")
     from sftpack import tiny_model
 
     tokenizer = Path(args.tokenizer) if args.tokenizer else None
@@ -40,6 +47,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from sftpack.converters import CONVERTERS
 
     spec = CONVERTERS[args.family]
+    if args.source == "sample":
+        from sftpack.samples import sample_dir
+
+        args.source = str(sample_dir(args.family))
+        print(f"source: the {args.family} sample shipped with sftpack ({args.source})")
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip()) if args.splits else None
     results = prepare(spec, args.source, Path(args.out), name=args.name, splits=splits,
                       skip_invalid=args.skip_invalid, progress=not args.quiet, overwrite=args.overwrite,
@@ -57,9 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error (also accepted after the command: sftpack eval --debug)")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print sftpack's version, where it runs from and the framework versions found")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    tiny = sub.add_parser("tiny-model", help="build a tiny random Qwen2 model + tokenizer offline")
+    raw = argparse.RawDescriptionHelpFormatter
+    tiny = sub.add_parser("tiny-model", help="build a tiny random Qwen2 model + tokenizer offline",
+                          description="Build a random-weight Qwen2 model and its tokenizer offline (seeded: the same "
+                                      "bytes every time).", formatter_class=raw,
+                          epilog="examples:\n  sftpack tiny-model runs/tiny-model\n"
+                                 "  sftpack tiny-model runs/qwen1.5b-random --shape qwen2.5-1.5b")
     tiny.add_argument("out_dir", help="folder to write (created; one holding a model sftpack did not build is "
                                       "refused, see --overwrite)")
     tiny.add_argument("--seed", type=int, default=0, help="weights seed; same seed, same bytes (default 0)")
@@ -73,11 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="replace a model in OUT_DIR that sftpack did not build (default: refuse)")
     tiny.set_defaults(func=_cmd_tiny_model)
 
-    prep = sub.add_parser("prepare", help="convert a dataset into dataset_info/ (LLaMA-Factory + Swift)")
+    prep = sub.add_parser("prepare", help="convert a dataset into dataset_info/ (LLaMA-Factory + Swift)",
+                          description="Convert a dataset into data files plus LLaMA-Factory dataset_info.json "
+                                      "entries, which the Swift plugin registers under the same names.",
+                          formatter_class=raw,
+                          epilog="examples:\n  sftpack prepare gsm8k --source openai/gsm8k --out dataset_info/\n"
+                                 "  sftpack prepare gsm8k --source sample --out dataset_info/   # 1,000/200 rows\n"
+                                 "  sftpack prepare gsm8k --source data.jsonl --splits train --skip-invalid")
     prep.add_argument("family", choices=sorted(CONVERTERS), help="dataset family")
     prep.add_argument("--source", required=True,
-                      help="hub id (openai/gsm8k; modelscope/gsm8k for ModelScope) or a local file/folder "
-                           "(jsonl, json, parquet, arrow, save_to_disk folder)")
+                      help="hub id (openai/gsm8k; modelscope/gsm8k for ModelScope), a local file/folder "
+                           "(jsonl, json, parquet, arrow, save_to_disk folder), or 'sample': the rows shipped with "
+                           "sftpack (./sample for a local folder of that name)")
     prep.add_argument("--out", default="dataset_info", help="dataset_info folder (default: ./dataset_info)")
     prep.add_argument("--name", help="dataset name prefix (default: the family); entries are NAME_<split>")
     prep.add_argument("--splits", help="comma-separated splits (default: train,test; for a single file the split "
@@ -96,14 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(func=_cmd_prepare)
 
     from sftpack.bench.cli import add_parser as add_bench_parser
+    from sftpack.estimate import add_parser as add_estimate_parser
     from sftpack.evaluate import add_parser as add_eval_parser
     from sftpack.pipeline import add_parser as add_run_parser
     from sftpack.recipes import add_parser as add_recipe_parser
+    from sftpack.scaffold import add_parsers as add_scaffold_parsers
 
     add_eval_parser(sub)
     add_recipe_parser(sub)
     add_run_parser(sub)
     add_bench_parser(sub)
+    add_estimate_parser(sub)
+    add_scaffold_parsers(sub)
 
     for command in sub.choices.values():   # --debug after the command too; SUPPRESS: the global one is kept
         try:
@@ -112,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
         except argparse.ArgumentError:   # the command defines its own --debug
             pass
     return parser
+
+
+class _Version(argparse.Action):
+    """`sftpack --version`: print sftpack.provenance.version_report() and exit (no subcommand needed)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from sftpack.provenance import version_report
+
+        print(version_report())
+        parser.exit()
 
 
 def _located(err: BaseException) -> str | None:
@@ -190,11 +230,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sftpack: interrupted ({name.removeprefix('signal ')}); every process it started was ended",
               file=sys.stderr)
         return getattr(err, "exit_code", 130)
-    except (SftpackError, OSError, UnicodeDecodeError) as err:
+    except (SftpackError, OSError, UnicodeDecodeError, ModuleNotFoundError) as err:
         ignore_stop_signals()
         end_groups()
         if getattr(args, "debug", False):
             traceback.print_exc()
+        if isinstance(err, ModuleNotFoundError):   # an optional package: the extra to install; else a real bug
+            from sftpack.extras import from_import_error
+
+            line = from_import_error(err, f"sftpack {getattr(args, 'command', '')}".strip())
+            if line is None:
+                raise
+            print(f"sftpack: error: {line}", file=sys.stderr)
+            return 1
         if isinstance(err, BrokenPipeError):   # `sftpack ... | head`: the reader left; not an error of ours
             import os
 

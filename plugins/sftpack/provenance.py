@@ -7,9 +7,10 @@ reports, recipe stats).
     versions("torch", "transformers")              # {"torch": "2.13.0+cpu", "transformers": "5.6.0"}
     git_info()                                     # {"sha": ..., "dirty": ...}: of sftpack's checkout, or nulls
 
-The git commit is sftpack's only when sftpack runs from its own checkout (the folder above `plugins/` holds
-sftpack's pyproject.toml and is a git work tree's top): installed into a venv that happens to sit inside some
-other repository, the sha would be that repository's, so it is null. The harness runs `capture()` in a
+Versions come from package metadata (`sftpack` too). The git commit is sftpack's only when sftpack runs from its
+own checkout (sftpack.assets.checkout_root(): the folder above `plugins/` holds sftpack's pyproject.toml, and it is
+a git work tree's top): installed from a wheel into a venv that happens to sit inside some other repository, the
+sha would be that repository's, so it is null. The harness runs `capture()` in a
 subprocess once per session, so torch is never imported into the harness process.
 """
 
@@ -26,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sftpack import frameworks as fw
+from sftpack.assets import checkout_root
 
 PACKAGES = ("sftpack", "torch", "transformers", "accelerate", "peft", "trl", "datasets", "tokenizers",
             "llamafactory", "ms-swift", "deepspeed", "flash-attn", "liger-kernel", "lm-eval", "psutil",
@@ -52,19 +53,21 @@ def versions(*names: str) -> dict[str, str | None]:
 
 @functools.lru_cache(maxsize=1)
 def is_checkout() -> bool:
-    """True when sftpack runs from its own git checkout (not from a wheel installed somewhere)."""
-    pyproject = fw.REPO_ROOT / "pyproject.toml"
-    try:
-        own = 'name = "sftpack"' in pyproject.read_text(encoding="utf-8")
-    except OSError:
+    """True when sftpack runs from its own git checkout (sftpack.assets.checkout_root() is a git work tree's top),
+    not from a wheel installed somewhere."""
+    root = checkout_root()
+    if root is None:
         return False
     top = _git_raw("rev-parse", "--show-toplevel")
-    return own and top is not None and Path(top.strip()).resolve() == fw.REPO_ROOT.resolve()
+    return top is not None and Path(top.strip()).resolve() == root.resolve()
 
 
 def _git_raw(*args: str) -> str | None:
+    root = checkout_root()
+    if root is None:
+        return None
     try:
-        out = subprocess.run(["git", *args], cwd=fw.REPO_ROOT, capture_output=True, text=True, timeout=30)
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout if out.returncode == 0 else None
@@ -168,6 +171,47 @@ def summary_line(env: dict[str, Any]) -> str:
                          if pkgs.get(name))
     return (f"{hardware}; CPU {cpu.get('model')} ({cores} cores, {cpu.get('memory_total_gib')} GiB); "
             f"Python {env.get('python')}; {versions}; git {sha}")
+
+
+# What `sftpack --version` reports, in this order (distribution names).
+VERSION_PACKAGES = ("torch", "transformers", "llamafactory", "ms-swift", "lm-eval", "datasets", "peft", "trl",
+                    "accelerate", "deepspeed", "vllm")
+
+
+def tested_pins() -> dict[str, str]:
+    """{distribution (normalised): version} of the tested set, the shipped constraints.txt (sftpack.assets)."""
+    from sftpack.assets import path
+
+    pins = {}
+    try:
+        lines = path("constraints.txt").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return pins
+    for line in lines:
+        name, sep, version = line.split("#", 1)[0].strip().partition("==")
+        if sep:
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def version_report() -> str:
+    """`sftpack --version`: sftpack's version (package metadata), where it runs from (and its git commit in a
+    checkout), Python, and each framework found, marked where it differs from the tested pins. Nothing imported."""
+    from sftpack import __version__
+    from sftpack.assets import source
+
+    git = git_info() if is_checkout() else {}
+    sha = f", git {git['sha'][:12]}" + (" dirty" if git.get("dirty") else "") if git.get("sha") else ""
+    lines = [f"sftpack {_version('sftpack') or __version__} ({source()}{sha})",
+             f"python {platform.python_version()}"]
+    pins = tested_pins()
+    for name in VERSION_PACKAGES:
+        found = _version(name)
+        tested = pins.get(name)
+        note = "" if found is None or tested is None or found.split("+")[0] == tested.split("+")[0] \
+            else f" (tested: {tested})"
+        lines.append(f"{name} {found or 'not installed'}{note}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

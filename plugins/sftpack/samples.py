@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent / "data"
+from sftpack import assets
 
 
 def sample_dir(family: str) -> Path:
-    return DATA / f"{family}_sample"
+    """The package's sample of `family` (importlib.resources, through sftpack.assets)."""
+    return assets.path(f"{assets.SAMPLES}/{family}_sample")
 
 
 def sample_path(family: str, split: str) -> Path:

@@ -206,6 +206,9 @@ def iter_hub(source: str, subset: str | None, split: str) -> Iterator[Located]:
             "save_to_disk folder), or " + ("use the HuggingFace id (HF_ENDPOINT for a mirror)" if on_modelscope
                                            else "set HF_ENDPOINT to a mirror, or try the ModelScope id "
                                                 f"{MODELSCOPE_PREFIX}{source.split('/')[-1]}"))
+    from sftpack.extras import require
+
+    require("modelscope" if on_modelscope else "datasets", what=f"reading '{source}' from a hub")
     try:
         if on_modelscope:
             from modelscope.msdatasets import MsDataset

@@ -93,8 +93,10 @@ class Doc:
     """A YAML document: its data and the line of every mapping key and list item, by key path
     (`("train", 0, "overrides", "max_steps")`). A value changed by `--set` has the line SET."""
 
-    def __init__(self, name: str, data: Any = None, lines: dict[tuple, int | str] | None = None):
+    def __init__(self, name: str, data: Any = None, lines: dict[tuple, int | str] | None = None,
+                 folder: Path | None = None):
         self.name, self.data, self.lines = name, data, dict(lines or {})
+        self.folder = folder   # the file's folder: relative paths in it resolve there (None: built in code)
 
     def line(self, path: tuple) -> int | str | None:
         """The line of `path`, else of its nearest ancestor that has one (a key left out: its mapping's line)."""
@@ -128,7 +130,7 @@ def load(path: Path, error: type[SpecError]) -> Doc:
     if node is not None:
         lines[()] = node.start_mark.line + 1
         _record_lines(node, (), lines, 0)
-    return Doc(str(path), data, lines)
+    return Doc(str(path), data, lines, folder=path.resolve().parent)
 
 
 def _record_lines(node: Any, path: tuple, lines: dict, depth: int) -> None:
@@ -196,6 +198,13 @@ class At:
     @property
     def line(self) -> int | str | None:
         return self.doc.line(self.path)
+
+    def relative(self, value: str) -> tuple[Path, list[Path]]:
+        """`value`, a path written in this file, resolved against the file's folder (sftpack.assets.relative:
+        (the path, every place looked))."""
+        from sftpack.assets import relative
+
+        return relative(value, self.doc.folder)
 
     def problem(self, problem: str, got: Any = _NOTHING, expected: str | None = None, typed: bool = False,
                 note: str | None = None) -> Problem:

@@ -7,11 +7,14 @@
     sftpack bench benchmarks/suites/gpu_quick.yaml --deadline-s 420 --timeout-s 150
     sftpack bench report                                          rebuild report.md + PNGs for every suite
     sftpack bench report --suite cpu_tiny --readme benchmarks/README.md
+    python -m sftpack.bench benchmarks/suites/cpu_tiny.yaml        the same as `sftpack bench ...`
 
-`sftpack bench SUITE --help` and `sftpack bench report --help` list the options. Wired into the main CLI with
-`add_parser(subparsers)`; the exit status is 1 when any run failed, timed out or was killed, or when no run
-finished ok (every run skipped); all are recorded. Ctrl-C / SIGTERM / SIGHUP: 130 / 143 / 129, the run in flight
-killed and recorded. A second `bench` on the same --results or --work folder fails at once, naming the first.
+`sftpack bench SUITE --help` and `sftpack bench report --help` list the options. Paths in a suite resolve against
+its folder; results and work folders default to the current folder (in a checkout, run from its root). Wired into
+the main CLI with `add_parser(subparsers)`; the exit status is 1 when any run failed, timed out or was killed, or
+when no run finished ok (every run skipped); all are recorded. Ctrl-C / SIGTERM / SIGHUP: 130 / 143 / 129, the
+run in flight killed and recorded. A second `bench` on the same --results or --work folder fails at once, naming
+the first.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ def build_run_parser(prog: str = "sftpack bench") -> argparse.ArgumentParser:
     parser.add_argument("suite", help="suite YAML, e.g. benchmarks/suites/cpu_tiny.yaml")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                         help=f"results root; a new session folder is added under <results>/<suite>/ "
-                             f"(default {DEFAULT_RESULTS})")
+                             f"(default ./{DEFAULT_RESULTS} in the current folder)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
-                        help=f"scratch root: built models, dataset_info/, training outputs (default {DEFAULT_WORK})")
+                        help=f"scratch root: built models, dataset_info/, training outputs (default ./{DEFAULT_WORK})")
     parser.add_argument("--repeats", type=int, help="repeats per run (default: the suite's)")
     parser.add_argument("--only", help="comma-separated run names to run (default: all)")
     parser.add_argument("--overhead-repeats", type=int,
@@ -50,6 +53,12 @@ def build_run_parser(prog: str = "sftpack bench") -> argparse.ArgumentParser:
     parser.add_argument("--skip-module", action="append", default=[], metavar="MODULE=REASON",
                         help="a module that imports but cannot work here (e.g. liger_kernel='no CUDA'): runs that "
                              "require it are recorded as skipped with the reason; repeatable")
+    fit = parser.add_mutually_exclusive_group()
+    fit.add_argument("--force-fit", dest="fit_check", action="store_const", const="warn", default="refuse",
+                     help="start a GPU run that `sftpack estimate` predicts will not fit (default: record it as "
+                          "skipped with the estimate)")
+    fit.add_argument("--no-fit-check", dest="fit_check", action="store_const", const="off",
+                     help="do not estimate each GPU run's peak memory first (saves ~10-20 s per distinct config)")
     parser.add_argument("--plan", action="store_true",
                         help="validate the suite and print the runs with the time its time_model plans; run nothing")
     parser.add_argument("--check", action="store_true",
@@ -75,7 +84,7 @@ def build_report_parser(prog: str = "sftpack bench") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"{prog} report", description="Rebuild report.md and PNG plots from "
                                      "stored results (never edited by hand).")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=f"results root (default "
-                                                                               f"{DEFAULT_RESULTS})")
+                                                                               f"./{DEFAULT_RESULTS})")
     parser.add_argument("--suite", action="append", help="suite name(s) (default: every suite under --results)")
     parser.add_argument("--session", help="session id (default: the latest session of each suite)")
     parser.add_argument("--out", type=Path, help="output folder (default: <results>/<suite>/)")
@@ -113,10 +122,14 @@ def _run(argv: list[str], prog: str) -> int:
     only = [name.strip() for name in args.only.split(",")] if args.only else None
     if args.plan or args.check:
         return _plan(args, only)
+    from sftpack.extras import TRAINING, require
+
+    require(*TRAINING, "matplotlib", what="sftpack bench")   # before any run: one line naming the extra
     session_dir, results = run_suite(Path(args.suite), args.results, args.work, repeats=args.repeats, only=only,
                                      overhead_repeats=args.overhead_repeats, keep_outputs=args.keep_outputs,
                                      echo=args.echo, sets=args.set, timeout_s=args.timeout_s,
-                                     deadline_s=args.deadline_s, skip_modules=parse_skip_modules(args.skip_module))
+                                     deadline_s=args.deadline_s, skip_modules=parse_skip_modules(args.skip_module),
+                                     fit_check=args.fit_check)
     print(format_table_text(results))
     bad = [f"{r.run} r{r.repeat}: {r.status}" for r in results if r.status not in ("ok", "skipped")]
     print(f"results: {session_dir}\nreport:  {prog} report --results {args.results} --suite {session_dir.parent.name}")
@@ -134,6 +147,10 @@ def _report(argv: list[str], prog: str) -> int:
     from sftpack.bench.report import build_reports
 
     args = build_report_parser(prog).parse_args(argv)
+    if not args.no_plots:
+        from sftpack.extras import require
+
+        require("matplotlib", what="sftpack bench report (--no-plots: Markdown only)")
     for path in build_reports(args.results, suites=args.suite, session=args.session, out=args.out,
                               readme=args.readme, plots=not args.no_plots):
         print(f"wrote {path}")

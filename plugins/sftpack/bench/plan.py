@@ -26,7 +26,7 @@ def model_config(suite: Suite) -> dict[str, Any] | None:
 
     spec = suite.model
     if spec.path:
-        found, _ = find_local_model(spec.path)
+        found, _ = find_local_model(spec.path, spec.bases)
         if found is not None:
             return json.loads((found / "config.json").read_text(encoding="utf-8"))
     if spec.build_shape is None:

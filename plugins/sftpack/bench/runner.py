@@ -51,8 +51,9 @@ from sftpack.provenance import utc_now
 from sftpack.spec import nowhere
 from sftpack.training import TrainJob
 
-DEFAULT_RESULTS = fw.REPO_ROOT / "benchmarks" / "results"
-DEFAULT_WORK = fw.REPO_ROOT / "runs" / "bench"
+# Outputs default to the current folder (in a checkout, run from its root: the committed benchmarks/results/).
+DEFAULT_RESULTS = Path("benchmarks") / "results"
+DEFAULT_WORK = Path("runs") / "bench"
 OVERHEAD_TARGETS = {"wall_pct": 2.0, "memory_mib": 50.0}
 BUILT_MARKER = ".sftpack-bench-built"
 
@@ -65,10 +66,19 @@ def _rel(path: Path) -> str:
 
 
 # -- the model and the dataset ------------------------------------------------------------------------------
-def find_local_model(path: str) -> tuple[Path | None, str | None]:
-    """A model folder for `path` available offline: a folder, or a hub id in this machine's HF/ModelScope cache."""
+def local_model_places(path: str, bases: tuple[Path, ...] = ()) -> list[Path]:
+    """Where a model `path` is looked for: as given when absolute, else in each of `bases` (a pipeline's or suite's
+    folder), the assets root (older files named paths from the repository root), the current folder."""
     candidate = Path(path).expanduser()
-    for folder in ([candidate] if candidate.is_absolute() else [fw.REPO_ROOT / candidate, Path.cwd() / candidate]):
+    if candidate.is_absolute():
+        return [candidate]
+    return list(dict.fromkeys((Path(base) / candidate).resolve() for base in (*bases, fw.REPO_ROOT, Path.cwd())))
+
+
+def find_local_model(path: str, bases: tuple[Path, ...] = ()) -> tuple[Path | None, str | None]:
+    """A model folder for `path` available offline: a folder (local_model_places), or a hub id in this machine's
+    HF/ModelScope cache."""
+    for folder in local_model_places(path, bases):
         if (folder / "config.json").is_file():
             return folder.resolve(), f"local folder {folder.resolve()}"
     return cached_hub_model(path)
@@ -77,7 +87,7 @@ def find_local_model(path: str) -> tuple[Path | None, str | None]:
 def prepare_model(suite: Suite, work_root: Path, env: dict[str, str], log) -> tuple[Path, dict[str, Any]]:
     spec = suite.model
     if spec.path:
-        found, source = find_local_model(spec.path)
+        found, source = find_local_model(spec.path, spec.bases)
         if found is not None:
             return found, {"requested": spec.path, "used": str(found), "source": source, "random_weights": False}
         if spec.build_shape is None:
@@ -155,6 +165,7 @@ class Session:
     timeout_s: float | None = None       # --timeout-s: every run's timeout (else the suite's)
     deadline: float | None = None        # time.monotonic() after which no run starts; the run in flight stops
     unusable: dict = field(default_factory=dict)   # --skip-module NAME=REASON: importable but unusable here
+    fit_check: str = "refuse"            # TrainJob.fit_check: --force-fit "warn", --no-fit-check "off"
 
 
 def job(session: Session, run: RunSpec, run_dir: Path, repeat: int = 1, sample: bool = True,
@@ -171,7 +182,7 @@ def job(session: Session, run: RunSpec, run_dir: Path, repeat: int = 1, sample: 
                     interval_s=suite.sample_interval_s, nvml=session.nvml, echo=session.echo,
                     gpu_name=devices[0]["name"] if devices else None,
                     identity={"suite": suite.name, "session": session.session_id, "run": run.name,
-                              "repeat": repeat, "group": run.group})
+                              "repeat": repeat, "group": run.group}, fit_check=session.fit_check)
 
 
 def skip_reason(suite: Suite, environment: dict[str, Any], run: RunSpec,
@@ -311,12 +322,14 @@ def run_suite(suite_path: Path, results_root: Path = DEFAULT_RESULTS, work_root:
               repeats: int | None = None, only: list[str] | None = None, overhead_repeats: int | None = None,
               keep_outputs: bool = False, echo: bool = False, sets: list[str] | None = None,
               timeout_s: float | None = None, deadline_s: float | None = None,
-              skip_modules: dict[str, str] | None = None) -> tuple[Path, list[RunResult]]:
+              skip_modules: dict[str, str] | None = None, fit_check: str = "refuse") -> tuple[Path, list[RunResult]]:
     """Run a suite; return (session results folder, results). Raises SuiteError before running an unfair pair.
 
     `deadline_s`: seconds from now after which no run starts; the run in flight is stopped and recorded as
     `deadline`. `timeout_s`: every run's timeout instead of the suite's. `skip_modules`: module -> reason, for
     modules that import but cannot work here (runs requiring them are recorded as skipped with the reason).
+    `fit_check`: before each GPU run, refuse ("refuse") or only print ("warn") a predicted out-of-memory, or do not
+    estimate ("off"); see sftpack.training.fit_check.
     """
     t0 = time.monotonic()
     deadline = t0 + deadline_s if deadline_s is not None else None
@@ -336,7 +349,7 @@ def run_suite(suite_path: Path, results_root: Path = DEFAULT_RESULTS, work_root:
             for folder in dict.fromkeys((results_root, work_root)):
                 held.enter_context(hold(folder, "sftpack bench"))
             return _run_suite(suite, runs, verdicts, results_root, work_root, repeats, overhead_repeats,
-                              keep_outputs, echo, timeout_s, deadline, skip_modules or {}, t0)
+                              keep_outputs, echo, timeout_s, deadline, skip_modules or {}, t0, fit_check)
     finally:
         restore_handlers(previous_handlers)
 
@@ -348,10 +361,10 @@ def check_model(suite: Suite) -> None:
     if not spec.path:
         return
     at = (spec._at or nowhere("model"))["path"]
-    problem = model_path_problem(spec.path, "model.path")
+    problem = model_path_problem(spec.path, "model.path", spec.bases)
     if problem is not None:
         at.fail(SuiteError, problem, spec.path, "a model folder (with config.json), or a hub id")
-    if find_local_model(spec.path)[0] is None and spec.build_shape is None:
+    if find_local_model(spec.path, spec.bases)[0] is None and spec.build_shape is None:
         at.fail(SuiteError, "not available offline (no folder, no HuggingFace/ModelScope cache entry) and no "
                 "model.build_shape", spec.path, "a model folder, a cached hub id, or model.build_shape for random "
                 "weights of its shape")
@@ -360,7 +373,7 @@ def check_model(suite: Suite) -> None:
 def _run_suite(suite: Suite, runs: list[RunSpec], verdicts: dict, results_root: Path, work_root: Path,
                repeats: int | None, overhead_repeats: int | None, keep_outputs: bool, echo: bool,
                timeout_s: float | None, deadline: float | None, skip_modules: dict[str, str],
-               t0: float) -> tuple[Path, list[RunResult]]:
+               t0: float, fit_check: str = "refuse") -> tuple[Path, list[RunResult]]:
     plan = run_plan(suite, runs, repeats)
     session_id, session_dir = new_session_dir(results_root / suite.name)
     work = work_root / suite.name / session_id
@@ -391,7 +404,7 @@ def _run_suite(suite: Suite, runs: list[RunSpec], verdicts: dict, results_root: 
             print(f"  NVML not used: {why}", flush=True)
     session = Session(suite, session_id, session_dir, work, model, model_info, dataset_info, environment,
                       verdicts, nvml=nvml, keep_outputs=keep_outputs, echo=echo, timeout_s=timeout_s,
-                      deadline=deadline, unusable=skip_modules)
+                      deadline=deadline, unusable=skip_modules, fit_check=fit_check)
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "suite": suite.name, "suite_file": _rel(suite.path),
         "suite_text": suite.path.read_text(encoding="utf-8"), "session": session_id, "started_at_utc": started,
@@ -400,6 +413,7 @@ def _run_suite(suite: Suite, runs: list[RunSpec], verdicts: dict, results_root: 
         "fairness": [v.as_dict() for v in verdicts.values()], "fairness_mode": suite.fairness,
         "runs": [], "overhead": None, "timeout_s_override": timeout_s,
         "deadline_s": round(deadline - t0, 3) if deadline is not None else None, "skip_modules": skip_modules,
+        "fit_check": fit_check,
         "interrupted": None,
     }
     write_json(session_dir / "session.json", record)

@@ -9,9 +9,12 @@ A suite names a model, a dataset and a list of runs. Each run is one framework C
 on one shipped config (`train_configs/...`) plus overrides. Overrides are merged in this order: the presets
 named in `defaults.presets` (e.g. `tiny_cpu` = `sftpack.frameworks.TINY_CPU_LF` / `TINY_CPU_SWIFT`), then
 `defaults.<framework>`, then the run's own `overrides`; the harness then sets the keys it owns (model path,
-`output_dir`, token counting, the Swift dataset plugin), so a suite may not set those. In override and env
-string values, `{repo}` is replaced by the repository root (paths in configs otherwise resolve against the
-run's working folder, not the repo). Runs sharing a `group` are one comparison pair: exactly one
+`output_dir`, token counting, the Swift dataset plugin), so a suite may not set those. Relative paths of the suite
+itself (`config`, `model.tokenizer`, `dataset.source`) resolve against the suite file's folder
+(`config: ../../train_configs/qwen_gsm8k.yaml`; sftpack.assets.relative: older root-relative paths still resolve).
+In override and env string values, `{repo}` is replaced by the assets root (the checkout's root, or the wheel's
+copy of the shipped files: sftpack.assets.root()); paths in configs otherwise resolve against the run's working
+folder. Runs sharing a `group` are one comparison pair: exactly one
 `llamafactory` and one `swift` run, checked for fairness (sftpack.bench.fairness) before anything runs.
 """
 
@@ -23,6 +26,7 @@ from typing import Any, Mapping
 
 from sftpack import frameworks as fw
 from sftpack import spec
+from sftpack.assets import places_text, relative
 from sftpack.spec import At, key
 
 FRAMEWORKS = fw.FRAMEWORKS
@@ -46,6 +50,11 @@ def _substitute(value: Any) -> Any:
     if isinstance(value, list):
         return [_substitute(item) for item in value]
     return value
+
+
+def _relative(value: str, at: At | None) -> tuple[Path, list[Path]]:
+    """A path written in the suite file at `at`: against the file's folder (sftpack.assets.relative)."""
+    return at.relative(value) if at is not None else relative(value, None)
 
 
 def _shapes() -> list[str]:
@@ -80,12 +89,16 @@ class ModelSpec:
                                                   f"{_shapes()}), or both (build_shape is used when path is "
                                                   "unavailable)")
 
+    @property
+    def bases(self) -> tuple[Path, ...]:
+        """Folders a relative `path` is looked up in first: the suite file's (then the assets root, the cwd)."""
+        return (self._at.doc.folder,) if self._at is not None and self._at.doc.folder else ()
+
     def tokenizer_path(self) -> Path | None:
         """The tokenizer folder, resolved against the repo root; None = the tiny model's own tokenizer."""
         if self.tokenizer is None:
             return None
-        path = Path(_substitute(self.tokenizer)).expanduser()
-        return path if path.is_absolute() else (fw.REPO_ROOT / path).resolve()
+        return _relative(_substitute(self.tokenizer), self._at)[0]
 
     def check_tokenizer(self) -> None:
         """The tokenizer folder must exist before a model is built with it (checked before any run, not at load:
@@ -104,14 +117,14 @@ class DatasetSpec:
 
     family: str = key("gsm8k", choices=_families)
     source: str = "sample"           # 'sample' = the sample shipped in the package; else a local file/folder
+    _at: At | None = field(default=None, repr=False, compare=False)   # its place: `source` resolves there
 
     def resolved_source(self) -> str:
         if self.source == "sample":
             from sftpack.samples import sample_dir
 
             return str(sample_dir(self.family))
-        path = Path(_substitute(self.source))
-        return str(path if path.is_absolute() else fw.REPO_ROOT / path)
+        return str(_relative(_substitute(self.source), self._at)[0])
 
 
 @dataclass
@@ -134,7 +147,7 @@ class RunSpec:
 
     name: str = key(pattern=NAME_PATTERN, hint="letters, digits, '_', '-', '.': it names the result folder")
     framework: str = key(choices=FRAMEWORKS)
-    config: str = key(hint="a framework config YAML, relative to the repository root")
+    config: str = key(hint="a framework config YAML, relative to the suite file")
     group: str | None = None
     overrides: dict[str, Any] = key(factory=dict)
     env: dict[str, Scalar] = key(factory=dict)
@@ -142,11 +155,13 @@ class RunSpec:
     timeout_s: float | None = key(None, gt=0, hint="seconds")   # None: defaults.timeout_s
     gpus: int | None = key(None, ge=0)        # GPUs the run uses; > 1 launches NPROC_PER_NODE=gpus processes
     requires: list[str] | None = key(None, hint="importable Python module names")   # missing one: run skipped
+    _at: At | None = field(default=None, repr=False, compare=False)   # its place: `config` resolves there
 
     def check(self, at: At) -> None:
         if not self.config_path.is_file():
-            at["config"].error("no such file", self.config, "a framework config YAML, relative to the repository root",
-                               note=f"resolved: {self.config_path}")
+            places = _relative(_substitute(self.config), self._at)[1]
+            at["config"].error("no such file", self.config, "a framework config YAML, relative to the suite file",
+                               note=f"resolved: {places_text(places)}")
         for name in sorted(set(self.overrides) & set(HARNESS_KEYS[self.framework])):
             at["overrides", name].error("set by the harness for every run; remove it",
                                         expected=f"none of the harness-owned keys for {self.framework}: "
@@ -154,8 +169,7 @@ class RunSpec:
 
     @property
     def config_path(self) -> Path:
-        path = Path(_substitute(self.config))
-        return path if path.is_absolute() else (fw.REPO_ROOT / path).resolve()
+        return _relative(_substitute(self.config), self._at)[0]
 
 
 @dataclass

@@ -7,6 +7,8 @@ is freed before the next loads and every run can be repeated by hand. Outputs un
     eval.md                   the Markdown table rendered from eval.json
     lm_eval/<label>/<shots>/  lm-eval's results_*.json and samples_*.jsonl
     logs/<label>-<shots>.log  each lm-eval run's full output
+    include_path/             with added task folders (--include_path): the shipped tasks and each added folder,
+                              copied into the one folder lm-eval's --include_path reads
 
 Multi-GPU: `num_processes > 1` runs `accelerate launch --num_processes N -m lm_eval ...` (hf backend, one model
 copy per GPU); with vLLM, `data_parallel_size` / `tensor_parallel_size` go into its model_args.
@@ -47,7 +49,9 @@ class Settings:
     batch_size: str = "1"
     dtype: str | None = None                  # hf / vllm model dtype (auto, float32, bfloat16, ...)
     gen_kwargs: str | None = None             # lm-eval --gen_kwargs, e.g. "max_gen_toks=64"
-    include_path: str = str(fw.EVAL_TASKS)
+    include_path: str = str(fw.EVAL_TASKS)    # the task folder (the shipped eval_tasks/, or a pipeline's copy)
+    add_include: list[str] = field(default_factory=list)   # more task folders (lm-eval's --include_path), added:
+    #                                         a task named in one of them wins over include_path's (lm-eval's rule)
     workdir: str = "."                        # lm-eval's current directory: task data_files resolve against it
     metadata: dict[str, Any] = field(default_factory=dict)
     num_processes: int = 1                    # hf: >1 = accelerate launch data parallel
@@ -163,11 +167,15 @@ def run_eval(model: str, tuned: list[str], out: Path, settings: Settings, includ
         raise SftpackError(f"--workdir {workdir}: no such folder")
     settings.workdir = str(workdir)
     settings.include_path = str(Path(settings.include_path).resolve())
+    settings.add_include = [str(Path(folder).expanduser().resolve()) for folder in settings.add_include]
     env = dict(os.environ if env is None else env)
     models = plan(model, tuned, settings.backend, include_base=include_base, skip_base_check=skip_base_check,
                   environ=env)
-    leaves = check_tasks(settings.tasks, Path(settings.include_path), workdir, settings.metadata)
+    folders = [Path(settings.include_path), *map(Path, settings.add_include)]
+    leaves = check_tasks(settings.tasks, folders, workdir, settings.metadata)
     with hold(out, "sftpack eval"):
+        if settings.add_include:   # lm-eval's CLI reads one --include_path: one folder holding them all
+            settings.include_path = str(combine_task_folders(folders, out / "include_path"))
         per_model, model_records = _run_models(models, out, settings, env, echo)
         base_label = models[0].label if include_base else None
         report = {
@@ -184,6 +192,19 @@ def run_eval(model: str, tuned: list[str], out: Path, settings: Settings, includ
         write_json(out / "eval.json", report, ensure_ascii=False)
         write_text(out / "eval.md", res.render_markdown(report))
     return report
+
+
+def combine_task_folders(folders: list[Path], dest: Path) -> Path:
+    """Copy task `folders` into `dest` (replaced), one sub-folder each, so that lm-eval's single --include_path
+    indexes them as lm-eval's TaskManager does a list: a later folder's task wins over an earlier one of the same
+    name. (In one root lm-eval keeps the first of two same-named tasks in path order, so the later a folder, the
+    earlier its sub-folder sorts: 00-<last>, 01-<...>, ...)"""
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    for rank, folder in enumerate(reversed(folders)):
+        shutil.copytree(folder, dest / f"{rank:02d}-{folder.name}", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
 
 
 def _run_models(models: list[EvalModel], out: Path, settings: Settings, env: dict[str, str],

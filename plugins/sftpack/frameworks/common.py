@@ -1,6 +1,7 @@
-"""What every framework adapter shares: the repo's paths, the offline environment, finding a CLI, `lm_eval`'s
-command line, a logged runner (through sftpack.bench.monitor: its own process group, ended on every way out), and
-where a model is (`model_location`: sftpack.paths' one local-vs-hub rule plus this machine's hub caches).
+"""What every framework adapter shares: the shipped files' paths (sftpack.assets), the offline environment,
+finding a CLI, `lm_eval`'s command line, a logged runner (through sftpack.bench.monitor: its own process group,
+ended on every way out), and where a model is (`model_location`: sftpack.paths' one local-vs-hub rule plus this
+machine's hub caches).
 Framework-specific knowledge lives in llamafactory.py and swift.py.
 """
 
@@ -12,12 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from sftpack import assets
 from sftpack.errors import SftpackError
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-TRAIN_CONFIGS = REPO_ROOT / "train_configs"
-EVAL_TASKS = REPO_ROOT / "eval_tasks"
-SWIFT_PLUGIN = REPO_ROOT / "plugins" / "sftpack_swift_datasets.py"
+# The shipped files (sftpack.assets): the checkout's root in a checkout, the wheel's packaged copy when installed.
+# REPO_ROOT is kept for callers that name shipped files from it; outputs never go there (they default to ./runs).
+REPO_ROOT = assets.root()
+TRAIN_CONFIGS = assets.path("train_configs")
+EVAL_TASKS = assets.path("eval_tasks")
+SWIFT_PLUGIN = assets.path("plugins/sftpack_swift_datasets.py")
 
 LF_LORA_CONFIG = TRAIN_CONFIGS / "qwen_gsm8k.yaml"
 LF_FULL_CONFIG = TRAIN_CONFIGS / "qwen_full_gsm8k.yaml"
@@ -52,8 +56,9 @@ def executable(name: str) -> str:
         return str(local)
     found = shutil.which(name)
     if found is None:
-        raise SftpackError(f"'{name}' not found beside {sys.executable} or on PATH; run `make setup` "
-                           "(python3 plugins/bootstrap.py) to install the frameworks")
+        from sftpack.extras import executable_hint
+
+        raise SftpackError(f"'{name}' not found beside {sys.executable} or on PATH; {executable_hint(name)}")
     return found
 
 
@@ -149,14 +154,16 @@ def model_location(name: str, what: str, bases: tuple[Path, ...] = (),
     return local_or_hub(name, what, environ)   # a hub id: "not found" when the hubs are off
 
 
-def model_path_problem(path: str, what: str = "model.path") -> str | None:
+def model_path_problem(path: str, what: str = "model.path", bases: tuple[Path, ...] = ()) -> str | None:
     """Why a suite's or pipeline's `model.path` cannot be what it says, known before any work; None when it may be.
 
-    A local-looking name (sftpack.paths) must exist -- relative names at the repository root or in the current
-    folder -- and be a folder with config.json. A hub id is left to the caller (its cache, a download, or the
-    declared `build_shape`)."""
+    A local-looking name (sftpack.paths) must exist -- relative names in `bases` (a pipeline's: its own folder),
+    at the assets root (older files named paths from the repository root) or in the current folder -- and be a
+    folder with config.json. A hub id is left to the caller (its cache, a download, or the declared
+    `build_shape`)."""
+    bases = tuple(dict.fromkeys([*bases, REPO_ROOT]))
     try:
-        where = model_location(path, what, bases=(REPO_ROOT,), environ={})   # {}: hubs "on"; the caller decides
+        where = model_location(path, what, bases=bases, environ={})   # {}: hubs "on"; the caller decides
     except SftpackError as err:
         return str(err).removeprefix(f"{what} {path}: ")
     if isinstance(where, Path) and not (where / "config.json").is_file():

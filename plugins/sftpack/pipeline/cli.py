@@ -5,6 +5,11 @@
     sftpack run benchmarks/pipelines/qwen2.5_1.5b_gpu.yaml --out runs/qwen
     sftpack run benchmarks/pipelines/qwen2.5_1.5b_gpu_smoke.yaml --offline   # no hub calls: fallbacks at once
     sftpack run benchmarks/pipelines/tiny_cpu.yaml --force train_swift   # redo one stage (and those after it)
+    sftpack run                                                      # the shipped default, from any folder
+
+Relative paths inside a pipeline (configs, model/tokenizer folders, data) resolve against the pipeline file's
+folder; outputs go to ./runs/pipelines/<name> of the current folder unless --out says otherwise. Outside a
+checkout, `sftpack init DIR` copies the shipped pipelines and the configs they name into DIR.
 
 `--out` is locked while a run works in it: a second `sftpack run` on the same folder fails at once, naming the
 first. Ctrl-C / SIGTERM / SIGHUP end the stage's processes (training, lm_eval) and exit 130 / 143 / 129; finished
@@ -17,18 +22,23 @@ import argparse
 import time
 from pathlib import Path
 
-from sftpack import frameworks as fw
+from sftpack import assets
 
-DEFAULT_PIPELINE = fw.REPO_ROOT / "benchmarks" / "pipelines" / "tiny_cpu.yaml"
+DEFAULT_PIPELINE_NAME = "benchmarks/pipelines/tiny_cpu.yaml"
+DEFAULT_PIPELINE = assets.path(DEFAULT_PIPELINE_NAME)   # the shipped copy (checkout or wheel)
 
 
 def default_out(pipeline_name: str) -> Path:
-    return fw.REPO_ROOT / "runs" / "pipelines" / pipeline_name
+    """Outputs default to the current folder, never to where sftpack is installed."""
+    return Path("runs") / "pipelines" / pipeline_name
 
 
 def run_pipeline(path: Path, out: Path | None = None, force: list[str] | None = None,
-                 offline: bool = False) -> dict:
+                 offline: bool = False, fit_check: str = "refuse") -> dict:
+    from sftpack.extras import TRAINING, require
     from sftpack.pipeline.offline import go_offline
+
+    require(*TRAINING, "lm_eval", what="sftpack run")   # before any stage: one line naming the extra
 
     go_offline(offline)   # first: before anything in this process imports huggingface_hub or datasets
     from sftpack.pipeline.schema import load_pipeline
@@ -42,7 +52,7 @@ def run_pipeline(path: Path, out: Path | None = None, force: list[str] | None = 
     print(f"sftpack run: {pipeline.path} -> {out}", flush=True)
     print_fallbacks(pipeline)   # every fallback the spec allows (offline included), before the first stage
     started = time.monotonic()
-    records = run_stages(stages(pipeline), out, force)
+    records = run_stages(stages(pipeline, fit_check), out, force)
     print(f"\nsftpack run: finished in {time.monotonic() - started:.1f} s; report: {out / 'report' / 'report.md'}",
           flush=True)
     return records
@@ -68,21 +78,28 @@ def check_pipeline(path: Path, out: Path | None = None) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.check:
         return check_pipeline(Path(args.pipeline), Path(args.out) if args.out else None)
-    run_pipeline(Path(args.pipeline), Path(args.out) if args.out else None, args.force, offline=args.offline)
+    run_pipeline(Path(args.pipeline), Path(args.out) if args.out else None, args.force, offline=args.offline,
+                 fit_check=args.fit_check)
     return 0
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("pipeline", nargs="?", default=str(DEFAULT_PIPELINE),
-                        help=f"pipeline YAML (default: the embedded CPU default {DEFAULT_PIPELINE.relative_to(fw.REPO_ROOT)})")
-    parser.add_argument("--out", help="output folder (default: runs/pipelines/<pipeline name> under the repo root); "
-                                      "locked while the run works in it")
+                        help=f"pipeline YAML; relative paths in it resolve against its folder (default: the embedded "
+                             f"CPU default {DEFAULT_PIPELINE_NAME}, shipped with sftpack)")
+    parser.add_argument("--out", help="output folder (default: ./runs/pipelines/<pipeline name> in the current "
+                                      "folder); locked while the run works in it")
     parser.add_argument("--force", action="append", metavar="STAGE",
                         help="redo STAGE (model, data, train_llamafactory, train_swift, eval, report) and the stages "
                              "after it; repeatable")
     parser.add_argument("--offline", action="store_true",
                         help="no hub calls (sets HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, HF_DATASETS_OFFLINE=1); also on "
                              "when one of them is already set. Downloads are skipped and the fallbacks taken at once")
+    fit = parser.add_mutually_exclusive_group()
+    fit.add_argument("--force-fit", dest="fit_check", action="store_const", const="warn", default="refuse",
+                     help="on a GPU, start a training that `sftpack estimate` predicts will not fit (default: refuse it)")
+    fit.add_argument("--no-fit-check", dest="fit_check", action="store_const", const="off",
+                     help="on a GPU, do not estimate the peak memory before each training")
     parser.add_argument("--check", action="store_true",
                         help="validate the pipeline (types, ranges, unknown keys, config files, eval task names, "
                              "LoRA keys, step counts; every problem with file:line) and print its stages; run nothing")

@@ -11,8 +11,11 @@ keys, config files, eval task names, LoRA keys and step counts. Errors name file
     eval: {tasks: [gsm8k-local-chat], limit: 40, device: cpu, batch_size: "1"}
 
 `sftpack run PIPELINE --check` validates a file and prints its stages without running them. Relative paths
-(configs, local model/data/tokenizer folders) resolve against the repository root, not the current directory;
-errors print the resolved path.
+(configs, local model/data/tokenizer folders) resolve against the pipeline file's folder, not the current directory
+(`config: ../../train_configs/qwen_full_gsm8k.yaml` in benchmarks/pipelines/), so a folder made by `sftpack init`
+runs its own copies. Backward compatibility: a path that is not there but is under the assets root (files written
+when paths were relative to the repository root: `config: train_configs/...`) resolves there (sftpack.assets.relative).
+Errors print every place looked.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from sftpack import frameworks as fw
 from sftpack import spec
+from sftpack.assets import places_text, relative
 from sftpack.frameworks.common import model_path_problem
 from sftpack.spec import At, key
 
@@ -39,9 +43,14 @@ class PipelineError(spec.SpecError):
     """A pipeline YAML that cannot run as written."""
 
 
-def repo_path(value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else fw.REPO_ROOT / path
+def spec_path(value: str, at: At | None) -> Path:
+    """A path written in the pipeline file at `at`, resolved against the file's folder (sftpack.assets.relative)."""
+    return (at.relative(value) if at is not None else relative(value, None))[0]
+
+
+def looked(value: str, at: At | None) -> str:
+    """Every place `value` was looked for, for an error: 'A' or 'A (nor B)'."""
+    return places_text((at.relative(value) if at is not None else relative(value, None))[1])
 
 
 def _shapes() -> list[str]:
@@ -73,7 +82,7 @@ class ModelSpec:
         if self.path is not None:
             # sftpack.paths' rule: a local-looking path (`./m`, `work/tinyy`, `x.safetensors`) that is not there is
             # an error now, never a hub lookup or random weights later; `build_shape` stands in for hub ids only
-            problem = model_path_problem(self.path)
+            problem = model_path_problem(self.path, bases=(at.doc.folder,) if at.doc.folder else ())
             if problem is not None:
                 at["path"].error(problem, self.path, "a model folder (with config.json), or a hub id (looked up in "
                                  "this machine's cache, downloaded with `download: true`)")
@@ -85,10 +94,11 @@ class ModelSpec:
             at.error("used only when the model is built", self.tokenizer,
                      "model.build_shape set too, or no model.tokenizer")
             return
-        folder = repo_path(self.tokenizer)
+        folder = spec_path(self.tokenizer, self._at)
         if not folder.exists():
             if self.tokenizer_required:
-                at.error("no such folder", self.tokenizer, note=f"resolved: {folder}", expected=
+                at.error("no such folder", self.tokenizer, note=f"resolved: {looked(self.tokenizer, self._at)}",
+                         expected=
                          "a tokenizer folder: write it first (e.g. the GPU kit's prepare step), or set "
                          "model.tokenizer_required: false to build with the byte-level tokenizer instead")
             return
@@ -102,8 +112,17 @@ class ModelSpec:
         """The resolved `tokenizer` folder when it is there; None when unset or (not required and) absent."""
         if self.tokenizer is None:
             return None
-        folder = repo_path(self.tokenizer)
+        folder = spec_path(self.tokenizer, self._at)
         return folder if folder.is_dir() else None
+
+    @property
+    def bases(self) -> tuple[Path, ...]:
+        """Folders a relative `path` is looked up in first: the pipeline file's (then the assets root, the cwd)."""
+        return (self._at.doc.folder,) if self._at is not None and self._at.doc.folder else ()
+
+    def resolved_tokenizer(self) -> str:
+        """Where `tokenizer` was looked for, for messages."""
+        return looked(self.tokenizer or "", self._at)
 
 
 @dataclass
@@ -111,6 +130,7 @@ class DataSpec:
     family: str = key("gsm8k", choices=_families)   # a converter of `sftpack prepare`
     source: str = "sample"            # "sample" = the rows shipped in the package; else a folder or hub id
     fallback_source: str | None = None  # used (and said in the report) when `source` cannot be read, e.g. no hub
+    _at: At | None = field(default=None, repr=False, compare=False)   # its place: local paths resolve there
 
     def resolved_source(self, source: str | None = None) -> str:
         source = self.source if source is None else source
@@ -118,30 +138,32 @@ class DataSpec:
             from sftpack.samples import sample_dir
 
             return str(sample_dir(self.family))
-        local = repo_path(source)
+        local = spec_path(source, self._at)
         return str(local) if local.exists() else source   # else a hub id
 
 
 @dataclass
 class TrainSpec:
     framework: str = key(choices=FRAMEWORKS)
-    config: str = key(hint="a framework config YAML, relative to the repository root")
+    config: str = key(hint="a framework config YAML, relative to the pipeline file")
     overrides: dict[str, Any] = key(factory=dict)
     timeout_s: float = key(3600.0, gt=0, hint="seconds")
+    _at: At | None = field(default=None, repr=False, compare=False)   # its place: `config` resolves there
 
     def check(self, at: At) -> None:
         for name in sorted(set(self.overrides) & set(PIPELINE_KEYS[self.framework])):
             at["overrides", name].error("set by the pipeline itself; remove it",
                                         expected=f"none of {list(PIPELINE_KEYS[self.framework])}")
         if not self.config_path.is_file():
-            at["config"].error("no such file", self.config, "a framework config YAML, relative to the repository root",
-                               note=f"resolved: {self.config_path}")
+            at["config"].error("no such file", self.config, "a framework config YAML, relative to the pipeline file",
+                               note=f"resolved: {looked(self.config, self._at)}")
             return
         spec.training_rules(self.framework, self.config_path, self.overrides, lambda name: at["overrides", name])
 
     @property
     def config_path(self) -> Path:
-        return repo_path(self.config)
+        """`config` resolved against the pipeline file's folder (a spec built in code: against the assets root)."""
+        return spec_path(self.config, self._at)
 
     @property
     def stage(self) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sftpack import frameworks as fw
 from sftpack.errors import SftpackError
 from sftpack.pipeline.offline import offline_reason
-from sftpack.pipeline.schema import ModelSpec, Pipeline, PipelineError, TrainSpec, repo_path
+from sftpack.pipeline.schema import ModelSpec, Pipeline, PipelineError, TrainSpec
 from sftpack.pipeline.stages import Context, Stage, file_sha256, tree_sha256, tree_stat
 from sftpack.provenance import versions
 
@@ -113,8 +113,10 @@ def _missing_model(pipeline: Pipeline, why_not: str | None) -> PipelineError:
     from sftpack.tiny_model import SHAPES
 
     spec = pipeline.model
-    resolved, also = repo_path(spec.path), Path.cwd() / Path(spec.path).expanduser()   # find_local_model's two
-    where = str(resolved) if also.resolve() == resolved.resolve() else f"{resolved} (nor {also})"
+    from sftpack.assets import places_text
+    from sftpack.bench.runner import local_model_places
+
+    where = places_text(local_model_places(spec.path, spec.bases))   # where find_local_model looked
     place = "model.path"
     if getattr(spec, "_at", None) is not None:     # the schema records the key's file:line
         place = str(spec._at["path"])
@@ -134,7 +136,9 @@ def check_model(pipeline: Pipeline) -> None:
     from sftpack.bench.runner import find_local_model
 
     spec = pipeline.model
-    if not spec.path or requested_build_shape(pipeline) is not None or find_local_model(spec.path)[0] is not None:
+    if not spec.path or requested_build_shape(pipeline) is not None:
+        return
+    if find_local_model(spec.path, spec.bases)[0] is not None:
         return
     offline = offline_reason()
     if spec.download and offline is None:
@@ -147,7 +151,7 @@ def model_inputs(pipeline: Pipeline) -> dict[str, Any]:
     from sftpack.bench.runner import find_local_model
 
     spec = pipeline.model
-    found = find_local_model(spec.path)[0] if spec.path else None
+    found = find_local_model(spec.path, spec.bases)[0] if spec.path else None
     if found is not None:
         return {"path": spec.path, "found": str(found), "files_stat_sha256": tree_stat(found)}
     tokenizer = spec.tokenizer_path
@@ -169,7 +173,7 @@ def model_stage(pipeline: Pipeline):
         offline = offline_reason()
         why_not = None
         if spec.path:
-            found, source = find_local_model(spec.path)     # folders and caches only: no network
+            found, source = find_local_model(spec.path, spec.bases)     # folders and caches only: no network
             if found is None and spec.download and offline is None:
                 print(f"{spec.path} is not on this machine; trying the HuggingFace hub, then ModelScope", flush=True)
                 found, source = _download(spec.path, folder, folder / "download.log")
@@ -193,7 +197,7 @@ def _build_model(spec: ModelSpec, folder: Path, env: dict[str, str], why_not: st
     tokenizer = spec.tokenizer_path
     tokenizer_fallback = None
     if spec.tokenizer and tokenizer is None:
-        tokenizer_fallback = (f"model.tokenizer {spec.tokenizer!r}: no such folder ({repo_path(spec.tokenizer)}; "
+        tokenizer_fallback = (f"model.tokenizer {spec.tokenizer!r}: no such folder ({spec.resolved_tokenizer()}; "
                               "tokenizer_required: false), so the built byte-level tokenizer is used: more tokens "
                               "per row than the real tokenizer")
         print(f"model: FALLBACK: {tokenizer_fallback}", flush=True)
@@ -272,8 +276,9 @@ def data_stage(pipeline: Pipeline):
 
 
 # -- train ------------------------------------------------------------------------------------------------
-def train_job(pipeline: Pipeline, spec: TrainSpec, ctx: Context) -> TrainJob:
-    """The training-core job of one `train:` entry (the same core `sftpack bench` runs: sftpack.training)."""
+def train_job(pipeline: Pipeline, spec: TrainSpec, ctx: Context, fit_check: str = "refuse") -> TrainJob:
+    """The training-core job of one `train:` entry (the same core `sftpack bench` runs: sftpack.training).
+    `fit_check`: TrainJob's (`--force-fit`: "warn", `--no-fit-check`: "off"); not part of the stage's key."""
     from sftpack.training import TrainJob
 
     folder = ctx.dir(spec.stage)
@@ -282,14 +287,14 @@ def train_job(pipeline: Pipeline, spec: TrainSpec, ctx: Context) -> TrainJob:
                     cwd=Path(ctx.outputs["data"]["workdir"]), record_dir=folder, cache=folder / "cache",
                     gpus=1 if pipeline.requires_gpu else 0, timeout_s=spec.timeout_s, echo=True,
                     identity={"suite": pipeline.name, "session": ctx.out.name, "run": spec.stage, "repeat": 1,
-                              "group": None})
+                              "group": None}, fit_check=fit_check)
 
 
-def train_stage(pipeline: Pipeline, spec: TrainSpec):
+def train_stage(pipeline: Pipeline, spec: TrainSpec, fit_check: str = "refuse"):
     def run(ctx: Context) -> dict[str, Any]:
         from sftpack.training import arm_nvml, run_training
 
-        job = train_job(pipeline, spec, ctx)
+        job = train_job(pipeline, spec, ctx, fit_check)
         why = arm_nvml(job)
         if why:
             print(f"NVML not used: {why}", flush=True)
@@ -400,15 +405,16 @@ def report_inputs(pipeline: Pipeline) -> dict[str, Any]:
             "versions": versions(*REPORT_PACKAGES)}
 
 
-def stages(pipeline: Pipeline) -> list[Stage]:
-    """The stages in order, each with the inputs its key hashes and the stages it reads (see stages.py)."""
+def stages(pipeline: Pipeline, fit_check: str = "refuse") -> list[Stage]:
+    """The stages in order, each with the inputs its key hashes and the stages it reads (see stages.py);
+    `fit_check`: the train stages' GPU fit check (sftpack.training.TrainJob.fit_check)."""
     def keyed(stage: Stage, inputs, reads: tuple[str, ...] | None) -> Stage:
         return dataclasses.replace(stage, inputs=inputs, reads=reads)
 
     trains = tuple(t.stage for t in pipeline.train)
     return ([keyed(model_stage(pipeline), lambda: model_inputs(pipeline), ()),
              keyed(data_stage(pipeline), lambda: data_inputs(pipeline), ())]
-            + [keyed(train_stage(pipeline, t), lambda t=t: train_inputs(pipeline, t), ("model", "data"))
+            + [keyed(train_stage(pipeline, t, fit_check), lambda t=t: train_inputs(pipeline, t), ("model", "data"))
                for t in pipeline.train]
             + [keyed(eval_stage(pipeline), lambda: eval_inputs(pipeline), ("model", "data", *trains)),
                keyed(report_stage(pipeline), lambda: report_inputs(pipeline), None)])
@@ -452,7 +458,7 @@ def _model_fallbacks(pipeline: Pipeline, offline: str | None) -> list[Fallback]:
         if model.download and not offline:
             how += ", and its download fails"
         now = None
-        if find_local_model(model.path)[0] is None and (offline or not model.download):
+        if find_local_model(model.path, model.bases)[0] is None and (offline or not model.download):
             now, builds = offline or "not on this machine, download: false", True
         found.append(Fallback("model.build_shape", f"model.path {model.path!r} -> RANDOM WEIGHTS of shape {shape!r} "
                               f"(seed {model.seed}) when it is {how}: time and memory of the shape, accuracy "
@@ -460,7 +466,7 @@ def _model_fallbacks(pipeline: Pipeline, offline: str | None) -> list[Fallback]:
     if model.tokenizer and not model.tokenizer_required:
         absent = model.tokenizer_path is None
         found.append(Fallback("model.tokenizer_required", f"model.tokenizer {model.tokenizer!r} -> the built "
-                              f"byte-level tokenizer when {repo_path(model.tokenizer)} is absent: more tokens per "
+                              f"byte-level tokenizer when {model.resolved_tokenizer()} is absent: more tokens per "
                               "row than the real tokenizer", "the folder is absent" if absent and builds else None))
     return found
 

@@ -121,7 +121,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "recipe", help="run data recipes (dedup, sampling, quotas, MCQ augmentation) and mixtures",
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Recipes: dataset_info/recipes/README.md. Relative paths resolve against the current directory.")
+        epilog="examples:\n" + __doc__.split("\n\n")[1] + "\n\nRecipes: dataset_info/recipes/README.md (`sftpack init` "
+               "copies them). Relative paths resolve against the current directory.")
     parser.add_argument("files", nargs="*", metavar="FILE.yaml", help="recipe or mixture files, run in order")
     parser.add_argument("--out", default="dataset_info",
                         help="dataset_info folder for outputs, entries and stats (default: ./dataset_info)")

@@ -139,6 +139,9 @@ def load_tokenizer(name: str):
         raise SftpackError(f"tokenizer {name} (resolved to {path.resolve()}): no tokenizer.json there; "
                            "pass a model folder with a fast tokenizer, a tokenizer.json, or a hub id")
     else:
+        from sftpack.extras import require
+
+        require("transformers", what=f"tokenizer '{name}' (a hub id, loaded with transformers)")
         try:
             from transformers import AutoTokenizer
 
