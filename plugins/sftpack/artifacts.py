@@ -12,6 +12,7 @@ Files get the mode a plain open() would give (the umask's), not mkstemp's 0600.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -107,6 +108,15 @@ def clean_stale_temps(folder: Path, files: bool = True) -> list[str]:
         notes.append(f"{folder}: temp file(s) left by an earlier run could not be removed: "
                      f"{', '.join(left[:5])}{' ...' if len(left) > 5 else ''}; delete them when nothing writes here")
     return notes
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (ownership manifests, stage keys)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def clean(value: Any) -> Any:

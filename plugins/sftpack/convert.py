@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from sftpack import dataset_info, sources
 from sftpack.artifacts import clean_stale_temps, temp_file
+from sftpack.bench.monitor import install_stop_handlers, restore_handlers
 from sftpack.converters import ConverterSpec, FieldError
 from sftpack.errors import RowError, SftpackError
 from sftpack.sources import Located, iter_source
@@ -277,43 +278,19 @@ def _writing(out_dir: Path) -> Iterator[None]:
                            f"(temp files removed)") from None
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM/SIGHUP during a data command: unwinds like Ctrl-C, so that temp files are removed.
-    `exit_code` is the shell's 128 + signal number (143, 129)."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(f"signal {signal.Signals(signum).name}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-def _on_terminate(signum, frame):
-    raise Terminated(signum)
-
-
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP raise inside the block (KeyboardInterrupt / `Terminated`), so every `finally`
-    runs and temp files go. A Python handler already installed (the CLI's, which does the same) is kept, and so
-    is an ignored SIGHUP (nohup). Only in the main thread; the previous handlers come back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
+    """Ctrl-C, SIGTERM and SIGHUP raise `Interrupted` inside the block (sftpack.bench.monitor's one stop handler,
+    which the CLI installs too; kept when already there, as is an ignored SIGHUP under nohup), so every `finally`
+    runs and temp files go. Only in the main thread; the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread() or callable(signal.getsignal(signal.SIGTERM)):
         yield
         return
-    previous = {}
-    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _on_terminate),
-                         (signal.SIGHUP, _on_terminate)):
-        current = signal.getsignal(sig)
-        if callable(current) or (current == signal.SIG_IGN and sig != signal.SIGINT):
-            continue
-        previous[sig] = signal.signal(sig, handler)
+    previous = install_stop_handlers()
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        restore_handlers(previous)
 
 
 def worker_signals() -> None:

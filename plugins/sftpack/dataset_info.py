@@ -13,13 +13,12 @@ or remove only while it is unchanged since; everything else in the folder is the
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from sftpack.artifacts import write_json, write_text
+from sftpack.artifacts import file_sha256, write_json, write_text
 from sftpack.errors import SftpackError
 
 # Where the data comes from: exactly one of these (LLaMA-Factory's precedence: hub > script > cloud > file).
@@ -113,14 +112,6 @@ def merge(path: Path, new_entries: Mapping[str, Any], remove: Iterable[str] = ()
 
 MANIFEST_NAME = ".sftpack-manifest.json"
 MANIFEST_SCHEMA = 1
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftpack.artifacts import write_json
+from sftpack.artifacts import file_sha256, write_json
 from sftpack.errors import SftpackError
 from sftpack.locks import hold
 from sftpack.provenance import utc_now
@@ -157,14 +157,6 @@ def why_changed(done: dict[str, Any], plan: Plan) -> str | None:
 
 
 # -- what goes into a key: file contents and package versions ------------------------------------------------
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
