@@ -185,7 +185,7 @@ def test_format_rate_and_combine():
                {"task": "u", "n_shot": 0, "filter": "none", "metric": "acc", "value": 0.5, "stderr": None,
                 "higher_is_better": True}],
     }, base_label="base")
-    assert rows[0]["delta"] == {"lf": 0.5} and rows[1]["values"] == {"lf": {"value": 0.5, "stderr": None}}
+    assert rows[0]["delta"] == {"lf": 0.5} and rows[1]["values"] == {"lf": {"value": 0.5, "stderr": None, "ci": None}}
     assert rows[1]["delta"] == {}
     report = {"models": [{"label": "base", "kind": "base", "path": "m", "runs": [{"wall_s": 1.0}]},
                          {"label": "lf", "kind": "adapter", "path": "a", "base": "m", "runs": [{"wall_s": 2.0}]}],
@@ -195,6 +195,40 @@ def test_format_rate_and_combine():
     assert "| Task | n-shot | Filter | Metric | base | ± | lf | ± | Δ lf |" in table
     assert "| t | 5 | f | m ↑ | 0.2500 | 0.1000 | 0.7500 | 0.1000 | +0.5000 |" in table
     assert "| u | 0 | none | acc ↑ | — | — | 0.5000 | — | — |" in table
+
+
+def test_values_carry_intervals_and_deltas_a_paired_test(tmp_path):
+    """From lm-eval's samples files: each value gets its 95 % Wilson interval over the questions, each delta to the
+    base an exact McNemar test on the same questions; the table marks a non-significant delta `n.s.`."""
+    def run(label: str, hits: list[int]) -> results.RunOutput:
+        samples = tmp_path / f"samples_{label}.jsonl"
+        samples.write_text("".join(json.dumps({"doc_id": i, "filter": "strict-match", "metrics": ["exact_match"],
+                                               "exact_match": float(h), "resps": [["#### 1" if h else "no"]]}) + "\n"
+                                   for i, h in enumerate(hits)), encoding="utf-8")
+        config = {"output_type": "generate_until", "filter_list": [{"name": "strict-match", "filter": [
+            {"function": "regex", "regex_pattern": ANSWER_RE.pattern}]}]}
+        return results.RunOutput(tmp_path / "r.json", {
+            "results": {"t": {"exact_match,strict-match": sum(hits) / len(hits)}}, "n-shot": {"t": 0},
+            "configs": {"t": config}}, {"t": samples})
+
+    base, tuned, same = [0] * 20 + [1] * 10, [1] * 28 + [0] * 2, [0] * 19 + [1] * 11
+    rows = results.combine({"base": results.metric_rows(run("base", base)),
+                            "lf": results.metric_rows(run("lf", tuned)),
+                            "swift": results.metric_rows(run("swift", same))}, base_label="base")
+    exact = next(r for r in rows if r["metric"] == "exact_match")
+    ci = exact["values"]["base"]["ci"]
+    assert ci["method"] == "wilson" and ci["low"] == pytest.approx(0.1923, abs=1e-4)   # Wilson 10/30
+    assert ci["high"] == pytest.approx(0.5121, abs=1e-4)
+    assert exact["paired"]["lf"]["test"] == "mcnemar_exact" and exact["paired"]["lf"]["significant"]
+    assert exact["paired"]["lf"]["b_better"] == 20 and exact["paired"]["lf"]["a_better"] == 2
+    assert exact["paired"]["swift"]["significant"] is False
+    fmt = next(r for r in rows if r["metric"] == results.FORMAT_RATE)
+    assert fmt["values"]["lf"]["value"] == pytest.approx(28 / 30) and fmt["paired"]["lf"]["significant"]
+    report = {"models": [{"label": x, "kind": "k", "path": "p", "runs": [{"wall_s": 1.0}]} for x in
+                         ("base", "lf", "swift")], "base_label": "base", "rows": rows, "environment": {},
+              "settings": {"tasks": ["t"], "backend": "hf", "limit": 30, "num_fewshot": None}}
+    table = results.render_markdown(report)
+    assert "0.3333 [0.19, 0.51]" in table and "+0.0333 n.s." in table and "+0.6000 (p=" in table
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ SHIPPED = (
     "eval_tasks",
     "benchmarks/pipelines",
     "benchmarks/suites",
+    "benchmarks/sweeps",
     "dataset_info/README.md",
     "dataset_info/recipes",
     "plugins/sftpack_swift_datasets.py",

@@ -7,6 +7,7 @@
     sftpack bench SUITE | report                     benchmark both frameworks; rebuild the report from results
     sftpack run [PIPELINE.yaml] [--out DIR] [--force STAGE]   prepare, train LF + Swift, eval, report (the main job)
     sftpack estimate CONFIG [KEY=VALUE ...] [--gpu-mem 8GiB]   peak GPU memory of a training config, the batch that fits
+    sftpack sweep SWEEP.yaml [--plan] [--max-cells N]  hyper-parameter grids: train + eval per cell, intervals
     sftpack init [DIR] | cp NAME DEST | ls           the shipped configs, tasks, pipelines: into a folder, one, list
     sftpack --version                                sftpack's version and the frameworks found
 
@@ -127,12 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     from sftpack.pipeline import add_parser as add_run_parser
     from sftpack.recipes import add_parser as add_recipe_parser
     from sftpack.scaffold import add_parsers as add_scaffold_parsers
+    from sftpack.sweep import add_parser as add_sweep_parser
 
     add_eval_parser(sub)
     add_recipe_parser(sub)
     add_run_parser(sub)
     add_bench_parser(sub)
     add_estimate_parser(sub)
+    add_sweep_parser(sub)
     add_scaffold_parsers(sub)
 
     for command in sub.choices.values():   # --debug after the command too; SUPPRESS: the global one is kept

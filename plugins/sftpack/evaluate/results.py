@@ -9,6 +9,11 @@ when the base model was evaluated, each tuned model's delta to it.
 Format rate: the share of a task's generations in which `sftpack.answer.extract_answer` finds the strict
 `#### N` answer. It is reported for tasks whose `strict-match` filter uses that same regex (the gsm8k-local family
 and gsm8k-local-chat); other tasks get no format-rate row.
+
+Intervals and paired tests (sftpack.stats, the same as `sftpack sweep`'s): every value carries a 95 % interval over
+the questions (Wilson for 0/1 scores, else bootstrap), and every delta to the base model a paired test on the same
+questions (exact McNemar for 0/1 scores, else a paired permutation test); the table marks a delta whose p >= 0.05
+"n.s." (not significant).
 """
 
 from __future__ import annotations
@@ -92,11 +97,42 @@ def format_rate(texts: list[str]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(variance / n)
 
 
+def question_values(samples_file: Path) -> dict[str, dict[int, float]]:
+    """{"metric,filter": {doc_id: value}} of a samples file, plus the format rate's per-question hits."""
+    from sftpack import stats
+
+    with samples_file.open(encoding="utf-8") as handle:
+        scores = stats.question_scores(json.loads(line) for line in handle if line.strip())
+    by_doc: dict[int, str] = {}
+    with samples_file.open(encoding="utf-8") as handle:
+        for line in handle:
+            sample = json.loads(line)
+            resps = sample.get("resps") or [[]]
+            first = resps[0][0] if resps and resps[0] else ""
+            by_doc.setdefault(int(sample["doc_id"]), first if isinstance(first, str) else "")
+    scores[f"{FORMAT_RATE},{STRICT_FILTER}"] = {doc: 1.0 if extract_answer(text) is not None else 0.0
+                                                for doc, text in by_doc.items()}
+    return scores
+
+
+def _with_interval(row: dict[str, Any], values: dict[int, float] | None) -> dict[str, Any]:
+    """`row` with `ci` (the interval over its questions) and `questions` ({doc_id: value}, for paired tests)."""
+    from sftpack import stats
+
+    if values:
+        iv = stats.interval([values[doc] for doc in sorted(values)])
+        row["ci"] = {"low": iv.low, "high": iv.high, "method": iv.method, "confidence": iv.confidence}
+        row["questions"] = values
+    return row
+
+
 def metric_rows(run: RunOutput) -> list[dict[str, Any]]:
-    """[{task, n_shot, filter, metric, value, stderr, higher_is_better}] of one run, format rate included."""
+    """[{task, n_shot, filter, metric, value, stderr, higher_is_better, ci, questions}] of one run, format rate
+    included; `ci`/`questions` only where lm-eval logged the samples."""
     results = run.results
     rows = []
     for task, metrics in results.get("results", {}).items():
+        per_question = question_values(run.samples_files[task]) if task in run.samples_files else {}
         n_shot = results.get("n-shot", {}).get(task)
         better = results.get("higher_is_better", {}).get(task, {})
         for key, value in metrics.items():
@@ -105,33 +141,56 @@ def metric_rows(run: RunOutput) -> list[dict[str, Any]]:
             metric, flt = key.split(",", 1)
             if metric.endswith("_stderr"):
                 continue
-            rows.append({"task": task, "n_shot": n_shot, "filter": flt, "metric": metric, "value": number(value),
-                         "stderr": number(metrics.get(f"{metric}_stderr,{flt}")),
-                         "higher_is_better": better.get(metric)})
+            rows.append(_with_interval(
+                {"task": task, "n_shot": n_shot, "filter": flt, "metric": metric, "value": number(value),
+                 "stderr": number(metrics.get(f"{metric}_stderr,{flt}")), "higher_is_better": better.get(metric)},
+                per_question.get(key)))
         config = results.get("configs", {}).get(task, {})
         if config.get("output_type") == "generate_until" and uses_answer_regex(config) and task in run.samples_files:
             value, stderr = format_rate(generations(run.samples_files[task]))
-            rows.append({"task": task, "n_shot": n_shot, "filter": STRICT_FILTER, "metric": FORMAT_RATE,
-                         "value": value, "stderr": stderr, "higher_is_better": True})
+            rows.append(_with_interval({"task": task, "n_shot": n_shot, "filter": STRICT_FILTER, "metric": FORMAT_RATE,
+                                        "value": value, "stderr": stderr, "higher_is_better": True},
+                                       per_question.get(f"{FORMAT_RATE},{STRICT_FILTER}")))
     return rows
 
 
 def combine(per_model: dict[str, list[dict[str, Any]]], base_label: str | None) -> list[dict[str, Any]]:
-    """One row per (task, n-shot, filter, metric) with every model's value, and the delta to the base model."""
+    """One row per (task, n-shot, filter, metric) with every model's value and interval, and the delta to the base
+    model with its paired test on the questions both answered (`paired`)."""
+    from sftpack import stats
+
     table: dict[tuple, dict[str, Any]] = {}
+    questions: dict[tuple, dict[str, dict[int, float]]] = {}
     for label, rows in per_model.items():
         for row in rows:
             key = (row["task"], row["n_shot"], row["filter"], row["metric"])
             entry = table.setdefault(key, {"task": row["task"], "n_shot": row["n_shot"], "filter": row["filter"],
                                            "metric": row["metric"], "higher_is_better": row["higher_is_better"],
-                                           "values": {}, "delta": {}})
-            entry["values"][label] = {"value": row["value"], "stderr": row["stderr"]}
-    for entry in table.values():
+                                           "values": {}, "delta": {}, "paired": {}})
+            entry["values"][label] = {"value": row["value"], "stderr": row["stderr"], "ci": row.get("ci")}
+            if row.get("questions"):
+                questions.setdefault(key, {})[label] = row["questions"]
+    for key, entry in table.items():
         base = entry["values"].get(base_label, {}).get("value") if base_label else None
         for label, cell in entry["values"].items():
             if label != base_label and base is not None and cell["value"] is not None:
                 entry["delta"][label] = cell["value"] - base
+                by_label = questions.get(key, {})
+                if base_label in by_label and label in by_label:
+                    docs = sorted(set(by_label[base_label]) & set(by_label[label]))
+                    test = stats.paired([by_label[base_label][d] for d in docs], [by_label[label][d] for d in docs])
+                    entry["paired"][label] = {k: v for k, v in test.to_dict().items() if k not in ("mean_a", "mean_b")}
     return list(table.values())
+
+
+def _ci(ci: dict[str, Any] | None) -> str:
+    return "" if not ci or ci.get("low") is None else f" [{ci['low']:.2f}, {ci['high']:.2f}]"
+
+
+def _sig(test: dict[str, Any] | None) -> str:
+    if not test or test.get("p_value") is None:
+        return ""
+    return f" (p={test['p_value']:.2g})" if test.get("significant") else " n.s."
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:
@@ -155,16 +214,18 @@ def render_markdown(report: dict[str, Any]) -> str:
                  row["metric"] + arrow]
         for label in labels:
             cell = row["values"].get(label, {})
-            cells += [_fmt(cell.get("value")), _fmt(cell.get("stderr"))]
+            cells += [_fmt(cell.get("value")) + _ci(cell.get("ci")), _fmt(cell.get("stderr"))]
             if base and label != base:
-                cells.append(_fmt(row["delta"].get(label), signed=True))
+                cells.append(_fmt(row["delta"].get(label), signed=True) + _sig((row.get("paired") or {}).get(label)))
         lines.append("| " + " | ".join(cells) + " |")
     settings = report["settings"]
     out = [f"# sftpack eval: {', '.join(settings['tasks'])}", "",
            f"backend `{settings['backend']}`, limit {settings['limit']}, "
            f"num_fewshot {settings['num_fewshot'] if settings['num_fewshot'] is not None else 'task default'}, "
            f"lm-eval {report['environment'].get('lm_eval')}, sftpack {report['environment'].get('git_sha')}", "",
-           *lines, "", "| Model | Kind | Path | lm-eval wall s |", "|---|---|---|---:|"]
+           *lines, "", "Values: mean [95 % interval over the questions]; Δ: to the base on the same questions, "
+           "\"n.s.\" when the paired test (exact McNemar for 0/1 scores) gives p ≥ 0.05.", "",
+           "| Model | Kind | Path | lm-eval wall s |", "|---|---|---|---:|"]
     for m in report["models"]:
         path = m["path"] + (f" (on {m['base']})" if m.get("base") else "")
         out.append(f"| {m['label']} | {m['kind']} | {path} | {sum(r['wall_s'] for r in m['runs']):.1f} |")
