@@ -353,6 +353,19 @@ def arm_nvml(job: TrainJob) -> str | None:
     return why
 
 
+def run_standalone(job: TrainJob) -> RunResult:
+    """`run_training` for a job that owns its NVML handle (a pipeline stage, a sweep cell; bench shares one per
+    session): opened before the run, said when it cannot be, closed after."""
+    why = arm_nvml(job)
+    if why:
+        print(f"NVML not used: {why}", flush=True)
+    try:
+        return run_training(job)
+    finally:
+        if job.nvml is not None:
+            job.nvml.close()
+
+
 def utilisation(job: TrainJob, result: RunResult, full: bool) -> Utilisation:
     """MFU of a GPU run (sftpack.bench.flops); every figure None on a CPU or when an input is unknown."""
     util = Utilisation(formula=flops.FORMULA)

@@ -72,8 +72,8 @@ def uses_answer_regex(task_config: dict[str, Any]) -> bool:
     return False
 
 
-def generations(samples_file: Path) -> list[str]:
-    """The first generation of each document of a samples file (lm-eval writes one line per doc and filter)."""
+def generations_by_doc(samples_file: Path) -> dict[int, str]:
+    """{doc_id: the first generation} of a samples file (lm-eval writes one line per doc and filter)."""
     by_doc: dict[int, str] = {}
     with samples_file.open(encoding="utf-8") as handle:
         for line in handle:
@@ -81,6 +81,12 @@ def generations(samples_file: Path) -> list[str]:
             resps = sample.get("resps") or [[]]
             first = resps[0][0] if resps and resps[0] else ""
             by_doc.setdefault(int(sample["doc_id"]), first if isinstance(first, str) else "")
+    return by_doc
+
+
+def generations(samples_file: Path) -> list[str]:
+    """The first generation of each document of a samples file, in document order."""
+    by_doc = generations_by_doc(samples_file)
     return [by_doc[doc] for doc in sorted(by_doc)]
 
 
@@ -103,15 +109,8 @@ def question_values(samples_file: Path) -> dict[str, dict[int, float]]:
 
     with samples_file.open(encoding="utf-8") as handle:
         scores = stats.question_scores(json.loads(line) for line in handle if line.strip())
-    by_doc: dict[int, str] = {}
-    with samples_file.open(encoding="utf-8") as handle:
-        for line in handle:
-            sample = json.loads(line)
-            resps = sample.get("resps") or [[]]
-            first = resps[0][0] if resps and resps[0] else ""
-            by_doc.setdefault(int(sample["doc_id"]), first if isinstance(first, str) else "")
     scores[f"{FORMAT_RATE},{STRICT_FILTER}"] = {doc: 1.0 if extract_answer(text) is not None else 0.0
-                                                for doc, text in by_doc.items()}
+                                                for doc, text in generations_by_doc(samples_file).items()}
     return scores
 
 

@@ -292,17 +292,10 @@ def train_job(pipeline: Pipeline, spec: TrainSpec, ctx: Context, fit_check: str 
 
 def train_stage(pipeline: Pipeline, spec: TrainSpec, fit_check: str = "refuse"):
     def run(ctx: Context) -> dict[str, Any]:
-        from sftpack.training import arm_nvml, run_training
+        from sftpack.training import run_standalone
 
         job = train_job(pipeline, spec, ctx, fit_check)
-        why = arm_nvml(job)
-        if why:
-            print(f"NVML not used: {why}", flush=True)
-        try:
-            result = run_training(job)
-        finally:
-            if job.nvml is not None:
-                job.nvml.close()
+        result = run_standalone(job)
         log_path = job.record_dir / "stdout.log"
         if result.status != "ok":
             raise LoggedError(f"{spec.framework} training: {result.status} ({result.status_detail})\n"

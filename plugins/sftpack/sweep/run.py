@@ -279,7 +279,7 @@ def run_cell(sweep: Sweep, state: CellState, out: Path, base: dict[str, Any], wo
     """Train and evaluate one cell from an empty folder; its record (also written as done.json). A failure is a
     recorded status; an interrupt leaves no done.json (the cell runs again next time)."""
     from sftpack.pipeline.steps import train_job
-    from sftpack.training import arm_nvml, run_training
+    from sftpack.training import run_standalone
 
     cell = state.cell
     folder = out / "cells" / cell.name
@@ -300,14 +300,7 @@ def run_cell(sweep: Sweep, state: CellState, out: Path, base: dict[str, Any], wo
     ctx = Context(out=folder, outputs={"model": base["model"], "data": {"workdir": workdir}}, started=started)
     job = train_job(sweep.pipeline, spec, ctx)   # cells/<cell>/train_<framework>/, as a pipeline's stage folder
     job.identity.update(suite=sweep.name, session=out.name, run=cell.name, group=cell.group)
-    why = arm_nvml(job)
-    if why:
-        print(f"NVML not used: {why}", flush=True)
-    try:
-        result = run_training(job)
-    finally:
-        if job.nvml is not None:
-            job.nvml.close()
+    result = run_standalone(job)
     record["train"] = train_summary(result)
     record["train_result"] = str(job.record_dir / "result.json")
     record["status"], record["status_detail"] = result.status, result.status_detail
