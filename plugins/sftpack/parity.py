@@ -14,7 +14,7 @@ cannot be known from the config (Swift without `template` takes the model's).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 # The keys compared, in the order reports show them.
 KEYS = (
@@ -52,32 +52,42 @@ SWIFT_TEMPLATE_SYSTEMS = {"qwen2_5": QWEN_SYSTEM, "qwen": "You are a helpful ass
                           "default": "You are a helpful assistant.", "dummy": "", "llama3": ""}
 
 
+def _template_system(template: str | None, known: dict[str, str], registry: Callable[[], dict]) -> str | None:
+    """The default system prompt of `template`: from `known` (checked against the registries by a test), else from
+    the framework's registry (`registry()`, imported only then); "" for none, None when unknown or unimportable."""
+    if template is None:
+        return None
+    if template in known:
+        return known[template]
+    try:
+        templates = registry()
+    except Exception:  # noqa: BLE001 - not installed or not importable here: unknown
+        return None
+    return templates[template].default_system or "" if template in templates else None
+
+
+def _lf_templates() -> dict:
+    from llamafactory.data.template import TEMPLATES
+
+    return TEMPLATES
+
+
+def _swift_templates() -> dict:
+    from swift.template import TEMPLATE_MAPPING
+
+    return TEMPLATE_MAPPING
+
+
 def lf_template_system(template: str | None) -> str | None:
     """LLaMA-Factory's default system prompt for `template` ("" for none; None without a template, when LF
     parses the tokenizer's chat template, or for a name LF does not know)."""
-    if template is None:
-        return None
-    if template in LF_TEMPLATE_SYSTEMS:
-        return LF_TEMPLATE_SYSTEMS[template]
-    try:
-        from llamafactory.data.template import TEMPLATES
-    except Exception:  # noqa: BLE001 - not installed or not importable here: unknown
-        return None
-    return TEMPLATES[template].default_system or "" if template in TEMPLATES else None
+    return _template_system(template, LF_TEMPLATE_SYSTEMS, _lf_templates)
 
 
 def swift_template_system(template: str | None) -> str | None:
     """ms-swift's default system prompt for `template` ("" for none; None without a template or for a name Swift
     does not know)."""
-    if template is None:
-        return None
-    if template in SWIFT_TEMPLATE_SYSTEMS:
-        return SWIFT_TEMPLATE_SYSTEMS[template]
-    try:
-        from swift.template import TEMPLATE_MAPPING
-    except Exception:  # noqa: BLE001 - not installed or not importable here: unknown
-        return None
-    return TEMPLATE_MAPPING[template].default_system or "" if template in TEMPLATE_MAPPING else None
+    return _template_system(template, SWIFT_TEMPLATE_SYSTEMS, _swift_templates)
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

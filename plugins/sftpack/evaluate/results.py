@@ -72,21 +72,25 @@ def uses_answer_regex(task_config: dict[str, Any]) -> bool:
     return False
 
 
-def generations_by_doc(samples_file: Path) -> dict[int, str]:
-    """{doc_id: the first generation} of a samples file (lm-eval writes one line per doc and filter)."""
-    by_doc: dict[int, str] = {}
+def read_samples(samples_file: Path) -> list[dict[str, Any]]:
+    """The records of an lm-eval samples file (one JSON line per document and filter)."""
     with samples_file.open(encoding="utf-8") as handle:
-        for line in handle:
-            sample = json.loads(line)
-            resps = sample.get("resps") or [[]]
-            first = resps[0][0] if resps and resps[0] else ""
-            by_doc.setdefault(int(sample["doc_id"]), first if isinstance(first, str) else "")
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def generations_by_doc(records: list[dict[str, Any]]) -> dict[int, str]:
+    """{doc_id: the first generation} of a samples file's records."""
+    by_doc: dict[int, str] = {}
+    for sample in records:
+        resps = sample.get("resps") or [[]]
+        first = resps[0][0] if resps and resps[0] else ""
+        by_doc.setdefault(int(sample["doc_id"]), first if isinstance(first, str) else "")
     return by_doc
 
 
 def generations(samples_file: Path) -> list[str]:
     """The first generation of each document of a samples file, in document order."""
-    by_doc = generations_by_doc(samples_file)
+    by_doc = generations_by_doc(read_samples(samples_file))
     return [by_doc[doc] for doc in sorted(by_doc)]
 
 
@@ -103,14 +107,13 @@ def format_rate(texts: list[str]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(variance / n)
 
 
-def question_values(samples_file: Path) -> dict[str, dict[int, float]]:
-    """{"metric,filter": {doc_id: value}} of a samples file, plus the format rate's per-question hits."""
+def question_values(records: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """{"metric,filter": {doc_id: value}} of a samples file's records, plus the format rate's per-question hits."""
     from sftpack import stats
 
-    with samples_file.open(encoding="utf-8") as handle:
-        scores = stats.question_scores(json.loads(line) for line in handle if line.strip())
+    scores = stats.question_scores(records)
     scores[f"{FORMAT_RATE},{STRICT_FILTER}"] = {doc: 1.0 if extract_answer(text) is not None else 0.0
-                                                for doc, text in generations_by_doc(samples_file).items()}
+                                                for doc, text in generations_by_doc(records).items()}
     return scores
 
 
@@ -131,7 +134,8 @@ def metric_rows(run: RunOutput) -> list[dict[str, Any]]:
     results = run.results
     rows = []
     for task, metrics in results.get("results", {}).items():
-        per_question = question_values(run.samples_files[task]) if task in run.samples_files else {}
+        records = read_samples(run.samples_files[task]) if task in run.samples_files else []
+        per_question = question_values(records) if records else {}
         n_shot = results.get("n-shot", {}).get(task)
         better = results.get("higher_is_better", {}).get(task, {})
         for key, value in metrics.items():
@@ -146,7 +150,8 @@ def metric_rows(run: RunOutput) -> list[dict[str, Any]]:
                 per_question.get(key)))
         config = results.get("configs", {}).get(task, {})
         if config.get("output_type") == "generate_until" and uses_answer_regex(config) and task in run.samples_files:
-            value, stderr = format_rate(generations(run.samples_files[task]))
+            by_doc = generations_by_doc(records)
+            value, stderr = format_rate([by_doc[doc] for doc in sorted(by_doc)])
             rows.append(_with_interval({"task": task, "n_shot": n_shot, "filter": STRICT_FILTER, "metric": FORMAT_RATE,
                                         "value": value, "stderr": stderr, "higher_is_better": True},
                                        per_question.get(f"{FORMAT_RATE},{STRICT_FILTER}")))
