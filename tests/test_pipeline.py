@@ -336,9 +336,75 @@ def test_failing_command_names_its_log(tmp_path):
     assert "about to fail" in info.value.log.read_text() and "exited 3" in str(info.value)
 
 
+def _group_stages(calls: list[str], barrier, fail: str | None = None) -> list[Stage]:
+    """a -> (t1, t2 of group "train", each reading only a) -> c; t1 and t2 meet at `barrier` when it is given."""
+    def make(name, group=None, reads=None):
+        def run(ctx):
+            if barrier is not None and group:
+                barrier.wait()    # both must be running at once to pass (raises BrokenBarrierError on timeout)
+            calls.append(name)
+            if name == fail:
+                raise RuntimeError(f"{name} broke")
+            return {"value": name}
+        return Stage(name, run, group=group, reads=reads)
+    return [make("a"), make("t1", "train", ("a",)), make("t2", "train", ("a",)), make("c")]
+
+
+def test_stages_of_a_group_run_at_the_same_time_with_parallel(tmp_path):
+    """parallel: 2 runs the two train-group stages at once (they meet at a barrier); 1 runs them one by one."""
+    import threading
+
+    calls: list[str] = []
+    records = run_stages(_group_stages(calls, threading.Barrier(2, timeout=20)), tmp_path / "p", parallel=2)
+    assert calls[0] == "a" and sorted(calls[1:3]) == ["t1", "t2"] and calls[3] == "c"
+    assert all(not r["skipped"] for r in records.values())
+    calls.clear()
+    run_stages(_group_stages(calls, None), tmp_path / "s", parallel=1)
+    assert calls == ["a", "t1", "t2", "c"]
+    with pytest.raises(StageFailed):   # one at a time, the barrier of two can never be passed
+        run_stages(_group_stages([], threading.Barrier(2, timeout=0.5)), tmp_path / "b", parallel=1)
+
+
+def test_a_failing_parallel_stage_keeps_the_others_outputs(tmp_path):
+    """When one of two stages running together fails, the other finishes and keeps its done.json; a re-run redoes
+    only the failed one (and the stages after it)."""
+    calls: list[str] = []
+    with pytest.raises(StageFailed, match="stage 't1' failed: t1 broke"):
+        run_stages(_group_stages(calls, None, fail="t1"), tmp_path, parallel=2)
+    assert sorted(calls) == ["a", "t1", "t2"]
+    assert (tmp_path / "t2" / DONE).is_file() and not (tmp_path / "t1" / DONE).exists()
+    calls.clear()
+    run_stages(_group_stages(calls, None), tmp_path, parallel=2)
+    assert calls == ["t1", "c"]
+
+
+def test_progress_line_gives_each_running_stage_and_the_run_eta(tmp_path):
+    """The progress line: each running stage's own progress; a stage's ETA from its pace since its first progress
+    (its start-up is not extrapolated); the run's ETA adds the pending stages' times in the previous run."""
+    from sftpack.pipeline.stages import Progress, Ticker
+
+    fraction = {"t1": 0.1}
+    stages = [Stage("t1", lambda ctx: {}, group="train", progress=lambda ctx: Progress(fraction["t1"], "60/600 steps")),
+              Stage("eval", lambda ctx: {})]
+    ctx = Context(out=tmp_path, outputs={}, started=time.monotonic() - 100)
+    ticker = Ticker(stages, ctx, previous={"eval": 30.0}, records={})
+    ticker.begin("t1")
+    ticker.running["t1"] = time.monotonic() - 50
+    first = ticker.line()
+    assert "t1 60/600 steps (50 s so far)" in first and "run ETA: after the first progress" in first
+    ticker.first["t1"] = (time.monotonic() - 10, 0.1)    # 10 s ago it was at 10 %; now at 20 %: 80 s to go
+    fraction["t1"] = 0.2
+    line = ticker.line()
+    assert "(ETA 1 min 20 s)" in line and "run ETA ~1 min 50 s" in line, line    # + eval's 30 s
+    ticker.previous["eval"] = None
+    assert "run ETA >= 1 min 20 s (eval: no earlier time to go by)" in ticker.line()
+    ticker.end("t1")
+    assert ticker.line() is None
+
+
 # -- the default pipeline, end to end ---------------------------------------------------------------------
 @pytest.mark.integration
-def test_default_pipeline_end_to_end(tmp_path):
+def test_default_pipeline_end_to_end(tmp_path, capsys):
     from sftpack.pipeline.cli import run_pipeline
 
     data = _default()
@@ -350,6 +416,7 @@ def test_default_pipeline_end_to_end(tmp_path):
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     out = tmp_path / "out"
     records = run_pipeline(path, out)
+    printed = capsys.readouterr().out
     report = out / "report"
     for name in ("report.md", "summary.json", "loss.png", "eval.png", "time_memory.png"):
         assert (report / name).stat().st_size > 0, name
@@ -376,6 +443,14 @@ def test_default_pipeline_end_to_end(tmp_path):
     assert set(summary["stages"]) == {"model", "data", "train_llamafactory", "train_swift", "eval"}
     assert summary["stages"]["train_swift"]["elapsed_s"] == records["train_swift"]["elapsed_s"]
     assert "Random weights" in text and "format_rate" in text
+    # the shipped default trains both frameworks at once (parallel: 2), and says so wherever times are shown
+    assert summary["parallel"] == 2 and "The train stages ran at the same time" in text
+    assert summary["run_wall_s"] < summary["stages_wall_s"]
+    # the one-screen summary at the end: time per stage, format rate base -> each framework, where the report is
+    end = printed[printed.index("sftpack run: tiny_cpu finished in"):]
+    assert "train_llamafactory" in end and "format_rate: base 0.0 % -> llamafactory" in end
+    assert f"report: {report / 'report.md'}" in end
+    assert set(eval_report["settings"]) >= {"parallel"} and eval_report["settings"]["parallel"] == 2
     # a second run skips everything; --force report rebuilds only the report from the stored outputs
     again = run_pipeline(path, out, force=["report"])
     assert [n for n, r in again.items() if not r["skipped"]] == ["report"]

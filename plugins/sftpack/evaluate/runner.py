@@ -10,6 +10,9 @@ is freed before the next loads and every run can be repeated by hand. Outputs un
     include_path/             with added task folders (--include_path): the shipped tasks and each added folder,
                               copied into the one folder lm-eval's --include_path reads
 
+`parallel` > 1 runs that many lm-eval processes at once (CPU: give each OMP_NUM_THREADS = cores / parallel in
+`env`); their outputs are the same files, and eval.json lists the runs in the same order.
+
 Multi-GPU: `num_processes > 1` runs `accelerate launch --num_processes N -m lm_eval ...` (hf backend, one model
 copy per GPU); with vLLM, `data_parallel_size` / `tensor_parallel_size` go into its model_args.
 """
@@ -19,9 +22,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
+import re
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -62,6 +67,7 @@ class Settings:
     num_concurrent: int = 1                   # local-completions
     extra_model_args: str | None = None       # appended to --model_args, e.g. "parallelize=True,max_length=4096"
     extra_args: list[str] = field(default_factory=list)
+    parallel: int = 1                         # lm-eval processes at once (one per model and shot count)
 
     def __post_init__(self):
         if self.num_processes > 1 and self.backend != "hf":
@@ -209,30 +215,65 @@ def combine_task_folders(folders: list[Path], dest: Path) -> Path:
 
 def _run_models(models: list[EvalModel], out: Path, settings: Settings, env: dict[str, str],
                 echo: bool) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
-    """One lm-eval run per model and shot count: ({label: metric rows}, the models' records)."""
+    """One lm-eval run per model and shot count, `settings.parallel` at a time: ({label: metric rows}, the models'
+    records), in the models' order."""
     shots: list[int | None] = list(settings.num_fewshot) if settings.num_fewshot else [None]
+    jobs = [(m, n) for m in models for n in shots]
+    parallel = max(1, min(settings.parallel, len(jobs)))
+
+    def one(m: EvalModel, n: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        tag = "default-shots" if n is None else f"{n}-shot"
+        output_path = out / "lm_eval" / m.label / tag
+        if output_path.exists():
+            shutil.rmtree(output_path)  # never read a previous run's results by mistake
+        cmd = lm_eval_command(m, settings, output_path, n)
+        log = out / "logs" / f"{m.label}-{tag}.log"
+        if echo or parallel > 1:
+            print(f"\n=== sftpack eval: {m.label} ({m.kind}), {tag}: {' '.join(settings.tasks)}"
+                  + ("" if echo and parallel == 1 else f" -> {log}"), flush=True)
+        run_started = time.monotonic()
+        fw.run_logged(cmd, Path(settings.workdir), env, log, echo=echo and parallel == 1)
+        wall = time.monotonic() - run_started
+        if parallel > 1:
+            print(f"=== sftpack eval: {m.label}, {tag} done in {wall:.1f} s", flush=True)
+        run = res.read_run(output_path)
+        return ({"num_fewshot": n, "command": cmd, "results_file": str(run.results_file),
+                 "samples_files": {k: str(v) for k, v in sorted(run.samples_files.items())},
+                 "wall_s": round(wall, 2), "parallel": parallel,
+                 "lm_eval_total_evaluation_time_s": res.number(
+                     float(run.results.get("total_evaluation_time_seconds", "nan")))},
+                res.metric_rows(run))
+
+    if parallel == 1:
+        done = [one(m, n) for m, n in jobs]
+    else:
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lm_eval") as pool:
+            futures = [pool.submit(one, m, n) for m, n in jobs]
+            done = [future.result() for future in futures]
     per_model: dict[str, list[dict[str, Any]]] = {}
     model_records = []
     for m in models:
-        runs, rows = [], []
-        for n in shots:
-            tag = "default-shots" if n is None else f"{n}-shot"
-            output_path = out / "lm_eval" / m.label / tag
-            if output_path.exists():
-                shutil.rmtree(output_path)  # never read a previous run's results by mistake
-            cmd = lm_eval_command(m, settings, output_path, n)
-            if echo:
-                print(f"\n=== sftpack eval: {m.label} ({m.kind}), {tag}: {' '.join(settings.tasks)}", flush=True)
-            run_started = time.monotonic()
-            fw.run_logged(cmd, Path(settings.workdir), env, out / "logs" / f"{m.label}-{tag}.log", echo=echo)
-            wall = time.monotonic() - run_started
-            run = res.read_run(output_path)
-            rows += res.metric_rows(run)
-            runs.append({"num_fewshot": n, "command": cmd, "results_file": str(run.results_file),
-                         "samples_files": {k: str(v) for k, v in sorted(run.samples_files.items())},
-                         "wall_s": round(wall, 2),
-                         "lm_eval_total_evaluation_time_s": res.number(
-                             float(run.results.get("total_evaluation_time_seconds", "nan")))})
-        per_model[m.label] = rows
-        model_records.append({**asdict(m), "runs": runs})
+        mine = [result for (job_model, _), result in zip(jobs, done) if job_model is m]
+        per_model[m.label] = [row for _, rows in mine for row in rows]
+        model_records.append({**asdict(m), "runs": [run for run, _ in mine]})
     return per_model, model_records
+
+
+_PERCENT = re.compile(rb"Running \w+ requests:\s+(\d+)%")
+_TABLE = re.compile(rb"^\|\s*(Tasks|Groups)\s*\|Version\|", re.MULTILINE)
+
+
+def log_progress(log: Path) -> float:
+    """How far the lm-eval run writing `log` is, 0..1, from lm-eval's own request bar (1.0 once it has written its
+    results); 0.0 before the bar shows (model loading, task building)."""
+    try:
+        with Path(log).open("rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - 4096))
+            tail = handle.read()
+    except OSError:
+        return 0.0
+    if _TABLE.search(tail):    # lm-eval's results table: the run has finished
+        return 1.0
+    found = _PERCENT.findall(tail)
+    return int(found[-1]) / 100 if found else 0.0

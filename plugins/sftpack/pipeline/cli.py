@@ -19,6 +19,7 @@ stages keep their outputs. A local-looking `model.path` that is not a model fold
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -34,9 +35,10 @@ def default_out(pipeline_name: str) -> Path:
 
 
 def run_pipeline(path: Path, out: Path | None = None, force: list[str] | None = None,
-                 offline: bool = False, fit_check: str = "refuse") -> dict:
+                 offline: bool = False, fit_check: str = "refuse", verbose: bool = False) -> dict:
     from sftpack.extras import TRAINING, require
     from sftpack.pipeline.offline import go_offline
+    from sftpack.pipeline.report import terminal_summary
 
     require(*TRAINING, "lm_eval", what="sftpack run")   # before any stage: one line naming the extra
 
@@ -52,9 +54,14 @@ def run_pipeline(path: Path, out: Path | None = None, force: list[str] | None = 
     print(f"sftpack run: {pipeline.path} -> {out}", flush=True)
     print_fallbacks(pipeline)   # every fallback the spec allows (offline included), before the first stage
     started = time.monotonic()
-    records = run_stages(stages(pipeline, fit_check), out, force)
-    print(f"\nsftpack run: finished in {time.monotonic() - started:.1f} s; report: {out / 'report' / 'report.md'}",
-          flush=True)
+    records = run_stages(stages(pipeline, fit_check, verbose), out, force, parallel=pipeline.parallel)
+    report = out / "report" / "report.md"
+    try:
+        summary = json.loads((out / "report" / "summary.json").read_text(encoding="utf-8"))
+        text = terminal_summary(summary, report, time.monotonic() - started)
+    except (OSError, ValueError, KeyError, TypeError) as err:   # a summary written by another version
+        text = f"sftpack run: finished in {time.monotonic() - started:.1f} s; report: {report} ({err})"
+    print("\n" + text, flush=True)
     return records
 
 
@@ -79,7 +86,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.check:
         return check_pipeline(Path(args.pipeline), Path(args.out) if args.out else None)
     run_pipeline(Path(args.pipeline), Path(args.out) if args.out else None, args.force, offline=args.offline,
-                 fit_check=args.fit_check)
+                 fit_check=args.fit_check, verbose=args.verbose)
     return 0
 
 
@@ -100,6 +107,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="on a GPU, start a training that `sftpack estimate` predicts will not fit (default: refuse it)")
     fit.add_argument("--no-fit-check", dest="fit_check", action="store_const", const="off",
                      help="on a GPU, do not estimate the peak memory before each training")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the frameworks' and lm-eval's own output (always in each stage's log files; "
+                             "by default a progress line with an ETA every 15 s)")
     parser.add_argument("--check", action="store_true",
                         help="validate the pipeline (types, ranges, unknown keys, config files, eval task names, "
                              "LoRA keys, step counts; every problem with file:line) and print its stages; run nothing")

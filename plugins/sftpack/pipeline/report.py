@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from sftpack.artifacts import write_json, write_text
 from sftpack.bench.compare import not_comparable
 from sftpack.bench.results import read_json
 from sftpack.pipeline.schema import Pipeline
-from sftpack.pipeline.stages import DONE, Context
+from sftpack.pipeline.stages import DONE, Context, clock
 from sftpack.plots import COLORS, pyplot, save
 
 SCHEMA_VERSION = 1
@@ -127,6 +128,9 @@ def build_summary(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
                  "values": eval_values(eval_report), "eval_json": ctx.outputs["eval"]["eval_json"]},
         "stages": stages,
         "stages_wall_s": round(sum(s["elapsed_s"] for s in stages.values()), 1),
+        "run_wall_s": round(time.monotonic() - ctx.started, 1),   # this run, before the report (skipped stages: 0)
+        "parallel": pipeline.parallel,
+        "threads": {t.framework: ctx.outputs[t.stage].get("threads") for t in pipeline.train},
         "not_comparable": comparability,
         "environment": env,
     }
@@ -234,6 +238,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
               "| Stage | elapsed s |", "|---|---:|"]
     lines += [f"| {name} | {s['elapsed_s']:.1f} |" for name, s in summary["stages"].items()]
     lines += [f"| **all stages before the report** | **{summary['stages_wall_s']:.1f}** |", ""]
+    lines += _parallel_note(summary)
     if env:
         packages = env.get("packages", {})
         git = env.get("git", {})
@@ -260,6 +265,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
               *([f"**NOT COMPARABLE on time: {'; '.join(summary['not_comparable'])}.** The figures below were "
                  "measured under different conditions; do not read their ratio as a framework difference.", ""]
                 if summary.get("not_comparable") else []),
+              *_parallel_note(summary),
               "| framework | first loss | final loss | " + " | ".join(t for _, t, _ in TIME_MEMORY)
               + " | trainable / total params | trainable % |",
               "|---" + "|---:" * (4 + len(TIME_MEMORY)) + "|"]
@@ -273,6 +279,42 @@ def render_markdown(summary: dict[str, Any]) -> str:
               "Parameter counts: " + "; ".join(f"{f}: {m['params_source']}" for f, m in summary["train"].items()),
               "", "![loss](loss.png)", "", "![time and memory](time_memory.png)", ""]
     return "\n".join(lines)
+
+
+def _parallel_note(summary: dict[str, Any]) -> list[str]:
+    """Said wherever times are shown when the trainings ran at the same time."""
+    if (summary.get("parallel") or 1) <= 1:
+        return []
+    threads = ", ".join(f"{f}: {n}" for f, n in (summary.get("threads") or {}).items())
+    return [f"**The train stages ran at the same time** (`parallel: {summary['parallel']}`; CPU threads each: "
+            f"{threads}), so the stage times add up to more than the run took "
+            f"({summary.get('run_wall_s', 0):.1f} s before the report). The two trainings' times compare with each "
+            "other (same threads, same time), not with a run of one training at a time.", ""]
+
+
+def terminal_summary(summary: dict[str, Any], report: Path, wall_s: float) -> str:
+    """One screen at the end of `sftpack run`: time per stage, the format rate and exact match before and after,
+    final losses, and where the report is."""
+    lines = [f"sftpack run: {summary['pipeline']['name']} finished in {clock(wall_s)}"
+             + (f" (train stages {summary['parallel']} at a time)" if (summary.get("parallel") or 1) > 1 else "")]
+    lines += ["  time:   " + ", ".join(f"{name} {clock(s['elapsed_s'])}" for name, s in summary["stages"].items())]
+    values, base = summary["eval"]["values"], summary["eval"]["base_label"]
+    limit = summary["eval"]["settings"].get("limit")
+    for key in sorted({k for v in values.values() for k in v}):
+        if not key.endswith(("format_rate", "strict-match exact_match")):
+            continue
+        cells = [f"{label} {_percent(values[label].get(key))}" for label in values if label == base]
+        cells += [f"{label} {_percent(values[label].get(key))}" for label in values if label != base]
+        lines.append(f"  {key}: " + (" -> ".join(cells[:1]) + " -> " + ", ".join(cells[1:]) if base else
+                                     ", ".join(cells)) + (f"  ({limit} questions)" if limit else ""))
+    lines.append("  loss:   " + ", ".join(f"{f} {_num(m['first_loss'], 2)} -> {_num(m['final_loss'], 2)}"
+                                          for f, m in summary["train"].items()))
+    lines.append(f"  report: {report} (loss.png, eval.png, time_memory.png beside it)")
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f} %"
 
 
 def write_report(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:

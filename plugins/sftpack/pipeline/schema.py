@@ -8,7 +8,8 @@ keys, config files, eval task names, LoRA keys and step counts. Errors name file
     train:
       - {framework: llamafactory, config: train_configs/qwen_full_gsm8k.yaml, overrides: {...}}
       - {framework: swift, config: train_configs/swift/qwen_full_gsm8k.yaml, overrides: {...}}
-    eval: {tasks: [gsm8k-local-chat], limit: 40, device: cpu, batch_size: "1"}
+    eval: {tasks: [gsm8k-local-chat], limit: 40, device: cpu, batch_size: "1"}   # + include_path: TASK_FOLDER
+    parallel: 1          # 2: the train stages (and the lm-eval runs) two at a time, sharing the cores
 
 `sftpack run PIPELINE --check` validates a file and prints its stages without running them. Relative paths
 (configs, local model/data/tokenizer folders) resolve against the pipeline file's folder, not the current directory
@@ -178,18 +179,31 @@ class EvalSpec:
     batch_size: str | int = key("1", hint='an integer, "auto" or "auto:N"')
     dtype: str | None = None
     gen_kwargs: str | None = None     # lm-eval --gen_kwargs, e.g. "max_gen_toks=64"
+    include_path: str | None = key(None, hint="a task folder, relative to the pipeline file (default: the tasks "
+                                              "shipped with sftpack)")
+    _at: At | None = field(default=None, repr=False, compare=False)   # its place: include_path resolves there
 
     def check(self, at: At) -> None:
+        if self.include_path is not None and not self.tasks_folder.is_dir():
+            at["include_path"].error("no such folder", self.include_path, "a folder of lm-eval task YAMLs (e.g. "
+                                     "../../eval_tasks in a folder made by `sftpack init`)",
+                                     note=f"resolved: {looked(self.include_path, self._at)}")
+            return
         if not self.tasks:
             at["tasks"].error("empty", self.tasks, "at least one task name, e.g. [gsm8k-local-chat]")
         if not re.fullmatch(r"auto(:[0-9]+)?|[1-9][0-9]*", str(self.batch_size)):   # what lm-eval --batch_size takes
             at["batch_size"].error("invalid", self.batch_size, 'an integer >= 1, "auto" or "auto:N"')
-        unknown, known = unknown_tasks(self.tasks)
+        unknown, known = unknown_tasks(self.tasks, self.tasks_folder)
         for index, name in enumerate(self.tasks):
             if name in unknown:
-                hint = spec.suggest(name, list(_declared_tasks()))
-                at["tasks", index].error("unknown eval task", name, f"a task of {fw.EVAL_TASKS} ({known}) or an "
+                hint = spec.suggest(name, list(_declared_tasks(str(self.tasks_folder))))
+                at["tasks", index].error("unknown eval task", name, f"a task of {self.tasks_folder} ({known}) or an "
                                          "lm-eval built-in task" + (f"; {hint}" if hint else ""))
+
+    @property
+    def tasks_folder(self) -> Path:
+        """The task folder lm-eval reads: `include_path` resolved against the pipeline file, else the shipped one."""
+        return fw.EVAL_TASKS if self.include_path is None else spec_path(self.include_path, self._at)
 
 
 @dataclass
@@ -201,6 +215,8 @@ class Pipeline:
     eval: EvalSpec = key(factory=EvalSpec)
     requires_gpu: bool = False
     description: str = ""
+    parallel: int = key(1, ge=1, le=16, hint="train stages (and lm-eval runs) at the same time; each gets cores / N "
+                                             "CPU threads. 1: one after another, the cleanest time figures")
     path: str | None = key(None, internal=True)   # the YAML it was read from (set by load_pipeline)
 
     def check(self, at: At) -> None:
@@ -217,21 +233,21 @@ class Pipeline:
 _DECLARED = re.compile(r"^(task|group):[ \t]*([^\s#'\"]+)[ \t]*(?:#.*)?$", re.MULTILINE)
 
 
-@functools.lru_cache(maxsize=1)
-def _declared_tasks() -> dict[str, tuple[str, str]]:
-    """Task and group names declared in eval_tasks/**.yaml -> ("task" or "group", the folder declaring it), read as
-    text (no lm-eval import: a valid file is checked in milliseconds)."""
+@functools.lru_cache(maxsize=8)
+def _declared_tasks(folder: str = str(fw.EVAL_TASKS)) -> dict[str, tuple[str, str]]:
+    """Task and group names declared in `folder`/**.yaml (default: eval_tasks/) -> ("task" or "group", the folder
+    declaring it), read as text (no lm-eval import: a valid file is checked in milliseconds)."""
     names: dict[str, tuple[str, str]] = {}
-    root = Path(fw.EVAL_TASKS)
+    root = Path(folder)
     for path in sorted(root.rglob("*.yaml")):
         for kind, name in _DECLARED.findall(path.read_text(encoding="utf-8", errors="replace")):
             names.setdefault(name, (kind, path.parent.relative_to(root).as_posix()))
     return names
 
 
-def _tasks_text() -> str:
-    """The tasks of eval_tasks/ in a line: the top-level ones, and each sub-folder's group with its task count."""
-    declared = _declared_tasks()
+def _tasks_text(folder: str = str(fw.EVAL_TASKS)) -> str:
+    """The tasks of `folder` in a line: the top-level ones, and each sub-folder's group with its task count."""
+    declared = _declared_tasks(folder)
     top = sorted(name for name, (_, folder) in declared.items() if folder == ".")
     groups = []
     for folder in sorted({folder for _, folder in declared.values() if folder != "."}):
@@ -253,30 +269,31 @@ def _mentioned(names: list[str], folder: Path | None) -> set[str]:
 
 
 @functools.lru_cache(maxsize=32)
-def _unknown_tasks(names: tuple[str, ...]) -> tuple[frozenset[str], str]:
-    rest = [name for name in names if name not in _declared_tasks()]
+def _unknown_tasks(names: tuple[str, ...], folder: str) -> tuple[frozenset[str], str]:
+    rest = [name for name in names if name not in _declared_tasks(folder)]
     if not rest:
-        return frozenset(), _tasks_text()
+        return frozenset(), _tasks_text(folder)
     import importlib.util
 
     lm_eval = importlib.util.find_spec("lm_eval")   # found without importing it (its import takes seconds)
     if lm_eval is None or lm_eval.origin is None:
-        return frozenset(rest), _tasks_text() + " (lm-eval is not installed: its built-in tasks were not checked)"
+        return frozenset(rest), _tasks_text(folder) + " (lm-eval is not installed: its built-in tasks were not checked)"
     builtin_dir = Path(lm_eval.origin).parent / "tasks"
-    maybe = _mentioned(rest, Path(fw.EVAL_TASKS)) | _mentioned(rest, builtin_dir)
+    maybe = _mentioned(rest, Path(folder)) | _mentioned(rest, builtin_dir)
     unknown = set(rest) - maybe   # named in no task file at all: a typo, said without importing lm-eval
     if maybe:   # the rest as `sftpack eval` decides: lm-eval's index of eval_tasks/, then its built-in tasks
         from sftpack.evaluate.tasks import builtin_tasks, task_manager
 
-        manager = task_manager(Path(fw.EVAL_TASKS))
+        manager = task_manager(Path(folder))
         left = [name for name in maybe if name not in manager.task_index]
         unknown |= set(left) - (builtin_tasks(left) if left else set())
-    return frozenset(unknown), _tasks_text()
+    return frozenset(unknown), _tasks_text(folder)
 
 
-def unknown_tasks(names: list[str]) -> tuple[frozenset[str], str]:
-    """The names neither eval_tasks/ nor lm-eval's built-in tasks declare, and the tasks eval_tasks/ holds."""
-    return _unknown_tasks(tuple(names))
+def unknown_tasks(names: list[str], folder: Path = fw.EVAL_TASKS) -> tuple[frozenset[str], str]:
+    """The names neither `folder` (default: eval_tasks/) nor lm-eval's built-in tasks declare, and the tasks
+    `folder` holds."""
+    return _unknown_tasks(tuple(names), str(folder))
 
 
 def load_pipeline(path: Path) -> Pipeline:

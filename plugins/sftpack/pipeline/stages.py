@@ -12,6 +12,11 @@ computes every stage's key first (no work yet) and then, stage by stage:
     done.json without a key    (written before keys existed) counted as changed: re-run, said so
     no done.json               run
 
+Stages of one `group` (the train stages) run at the same time when the run allows `parallel` > 1, each in its own
+thread driving its own processes; the others run one after another. While stages run, a line every `PROGRESS_EVERY_S`
+says each running stage's progress (from the stage's own: training steps, lm-eval requests) and an ETA for the stage
+and the whole run (pending stages: their time in this folder's previous run, when there was one).
+
 The whole run holds the OS lock of `<out>` (sftpack.locks): a second run on the same `--out` fails at once, naming
 the first; nothing of either is deleted. A stage folder is replaced only when sftpack wrote it (its .sftpack-stage
 marker). `--force STAGE` deletes that stage's folder and the done-markers of every later stage, so they run again. A stage
@@ -24,9 +29,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,7 @@ from sftpack.provenance import utc_now
 DONE = "done.json"
 OWNED = ".sftpack-stage"   # written into a stage folder when sftpack creates it: only such folders are ever deleted
 SHOWN_CHANGES = 4    # spec differences named in a banner; the rest are counted
+PROGRESS_EVERY_S = 15.0   # seconds between progress lines while stages run
 
 
 class StageFailed(SftpackError):
@@ -56,6 +64,16 @@ class Stage:
     what: str = ""
     inputs: Callable[[], dict[str, Any]] = dict  # the resolved spec its outputs depend on (JSON-serialisable)
     reads: tuple[str, ...] | None = None        # stages whose outputs it reads; None = every earlier stage
+    group: str | None = None                    # consecutive stages of one group may run at the same time
+    progress: Callable[[Context], Progress | None] | None = None   # how far it is, while it runs
+
+
+@dataclass
+class Progress:
+    """How far a running stage is: `fraction` of its work (None: not known yet) and the words for it."""
+
+    fraction: float | None
+    text: str
 
 
 @dataclass
@@ -83,7 +101,13 @@ class Plan:
 
 
 def banner(text: str, started: float) -> None:
-    print(f"\n=== sftpack run [{time.monotonic() - started:7.1f} s] {text}", flush=True)
+    print(f"\n=== sftpack run [{clock(time.monotonic() - started)}] {text}", flush=True)
+
+
+def clock(seconds: float) -> str:
+    """1 min 05 s, 12 s: a duration as a person reads it."""
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 def read_done(out: Path, stage: str) -> dict[str, Any] | None:
@@ -235,8 +259,9 @@ def check_owned(stages: list[Stage], out: Path) -> None:
 
 
 def run_stages(stages: list[Stage], out: Path, force: list[str] | None = None,
-               command: str = "sftpack run") -> dict[str, dict[str, Any]]:
+               command: str = "sftpack run", parallel: int = 1) -> dict[str, dict[str, Any]]:
     """Run `stages` in order under `out`, skipping those whose key is unchanged; return {stage: done-record}.
+    `parallel` > 1: up to that many stages of one `group` run at the same time.
 
     `out` is locked for the whole run (sftpack.locks): a second run on it fails at once, naming this one."""
     force = list(force or [])
@@ -245,36 +270,177 @@ def run_stages(stages: list[Stage], out: Path, force: list[str] | None = None,
     plans = plan_stages(stages)
     with hold(out, command):
         check_owned(stages, out)   # again under the lock
-        return _run_all(stages, out, plans, force)
+        return _run_all(stages, out, plans, force, parallel)
 
 
-def _run_all(stages: list[Stage], out: Path, plans: dict[str, Plan], force: list[str]) -> dict[str, dict[str, Any]]:
+def _run_all(stages: list[Stage], out: Path, plans: dict[str, Plan], force: list[str],
+             parallel: int = 1) -> dict[str, dict[str, Any]]:
+    previous = {stage.name: (read_done(out, stage.name) or {}).get("elapsed_s") for stage in stages}
     forced = _force(stages, out, force)
     started = time.monotonic()
     ctx = Context(out=out, outputs={}, started=started)
     records: dict[str, dict[str, Any]] = {}
     announced: set[str] = set()      # stages already named as re-running because of an earlier one
-    for i, stage in enumerate(stages, 1):
-        plan, done = plans[stage.name], read_done(out, stage.name)
-        label = f"{i}/{len(stages)} {stage.name}" + (f": {stage.what}" if stage.what else "")
-        reason = _why_run(done, plan, records, forced.get(stage.name))
-        if reason is None:
-            banner(f"{label} -- unchanged, skipped (done before in {done['elapsed_s']:.1f} s); "
-                   f"--force {stage.name} redoes it", started)
-            ctx.outputs[stage.name] = done["outputs"]
-            records[stage.name] = {**done, "skipped": True}
-            continue
-        if done is not None:
-            after = [name for name in readers(plans, stage.name) if name not in announced]
-            announced.update(after)
-            then = f" and the stages after it that read it ({', '.join(after)})" if after else ""
-            label += f"\n    {stage.name}: {reason}, re-running it{then}"
-        elif stage.name in forced:
-            label += f" -- {reason}, re-running it"
-        banner(label, started)
-        records[stage.name] = _run(stage, plan, ctx, reason)
-        banner(f"{stage.name} done in {records[stage.name]['elapsed_s']:.1f} s", started)
+    ticker = Ticker(stages, ctx, previous, records)
+    index = 0
+    with ticker:
+        while index < len(stages):
+            batch = _batch(stages, index, parallel)
+            to_run = []
+            for offset, stage in enumerate(batch):
+                label = _label(stages, index + offset, stage)
+                plan, done = plans[stage.name], read_done(out, stage.name)
+                reason = _why_run(done, plan, records, forced.get(stage.name))
+                if reason is None:
+                    banner(f"{label} -- unchanged, skipped (done before in {done['elapsed_s']:.1f} s); "
+                           f"--force {stage.name} redoes it", started)
+                    ctx.outputs[stage.name] = done["outputs"]
+                    records[stage.name] = {**done, "skipped": True}
+                    continue
+                if done is not None:
+                    after = [name for name in readers(plans, stage.name) if name not in announced]
+                    announced.update(after)
+                    then = f" and the stages after it that read it ({', '.join(after)})" if after else ""
+                    label += f"\n    {stage.name}: {reason}, re-running it{then}"
+                elif stage.name in forced:
+                    label += f" -- {reason}, re-running it"
+                to_run.append((stage, label, reason))
+            _run_batch(to_run, plans, ctx, records, ticker)
+            index += len(batch)
     return records
+
+
+def _label(stages: list[Stage], index: int, stage: Stage) -> str:
+    return f"{index + 1}/{len(stages)} {stage.name}" + (f": {stage.what}" if stage.what else "")
+
+
+def _batch(stages: list[Stage], index: int, parallel: int) -> list[Stage]:
+    """The stages from `index` that may run together: one stage, or (parallel > 1) the consecutive stages of its
+    group that read none of each other."""
+    first = stages[index]
+    batch = [first]
+    if parallel <= 1 or first.group is None:
+        return batch
+    for stage in stages[index + 1:]:
+        reads = set(stage.reads) if stage.reads is not None else {s.name for s in stages}
+        if stage.group != first.group or reads & {s.name for s in batch}:
+            break
+        batch.append(stage)
+    return batch
+
+
+def _run_batch(to_run: list[tuple[Stage, str, str]], plans: dict[str, Plan], ctx: Context,
+               records: dict[str, dict[str, Any]], ticker: Ticker) -> None:
+    """Run the stages of a batch: one in this thread, or several in threads at once. A stage that fails does not
+    stop the others of its batch (their outputs are kept); the first failure is raised when all have ended."""
+    def one(stage: Stage, label: str, reason: str) -> dict[str, Any]:
+        banner(label, ctx.started)
+        ticker.begin(stage.name)
+        try:
+            record = _run(stage, plans[stage.name], ctx, reason)
+        finally:
+            ticker.end(stage.name)
+        banner(f"{stage.name} done in {clock(record['elapsed_s'])}", ctx.started)
+        return record
+
+    if len(to_run) <= 1:
+        for stage, label, reason in to_run:
+            records[stage.name] = one(stage, label, reason)
+        return
+    banner(f"{', '.join(stage.name for stage, _, _ in to_run)} run at the same time (parallel: {len(to_run)})",
+           ctx.started)
+    with ThreadPoolExecutor(max_workers=len(to_run), thread_name_prefix="stage") as pool:
+        futures = [(stage, pool.submit(one, stage, label, reason)) for stage, label, reason in to_run]
+        failure = None
+        for stage, future in futures:
+            try:
+                records[stage.name] = future.result()
+            except Exception as err:   # noqa: BLE001 - the first is raised once every stage of the batch ended
+                failure = failure or err
+    if failure is not None:
+        raise failure
+
+
+class Ticker:
+    """Prints, every PROGRESS_EVERY_S while stages run, each running stage's progress and the ETAs."""
+
+    def __init__(self, stages: list[Stage], ctx: Context, previous: dict[str, float | None],
+                 records: dict[str, dict[str, Any]]):
+        self.stages, self.ctx, self.previous, self.records = stages, ctx, previous, records
+        self.running: dict[str, float] = {}     # stage -> when it started
+        self.first: dict[str, tuple[float, float]] = {}   # stage -> (when, fraction) of its first progress seen
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+
+    def __enter__(self) -> Ticker:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+
+    def begin(self, name: str) -> None:
+        with self.lock:
+            self.running[name] = time.monotonic()
+
+    def end(self, name: str) -> None:
+        with self.lock:
+            self.running.pop(name, None)
+
+    def _remaining(self, name: str, now: float, fraction: float | None) -> float | None:
+        """Seconds left for a stage at `fraction`, at the pace since its first progress was seen (so that its
+        start-up -- imports, model loading, tokenising -- is not extrapolated); None until it has moved."""
+        if not fraction:
+            return None
+        first = self.first.setdefault(name, (now, fraction))
+        if fraction >= 1.0:
+            return 0.0
+        if fraction <= first[1]:
+            return None
+        return (now - first[0]) * (1 - fraction) / (fraction - first[1])
+
+    def _loop(self) -> None:
+        while not self.stop.wait(PROGRESS_EVERY_S):
+            line = self.line()
+            if line:
+                print(line, flush=True)
+
+    def line(self) -> str | None:
+        """`[1 min 35 s] train_llamafactory 312/600 steps (52 %, ETA 1 min 28 s) · ... · run ETA ~2 min 10 s`."""
+        with self.lock:
+            running = dict(self.running)
+        if not running:
+            return None
+        now = time.monotonic()
+        parts, left = [], 0.0
+        known = True
+        for name, since in running.items():
+            stage = next(s for s in self.stages if s.name == name)
+            try:
+                progress = stage.progress(self.ctx) if stage.progress else None
+            except Exception:   # noqa: BLE001 - a progress line must never stop a run
+                progress = None
+            elapsed = now - since
+            remaining = self._remaining(name, now, progress.fraction if progress else None)
+            if remaining is not None:
+                parts.append(f"{name} {progress.text} (ETA {clock(remaining)})")
+            else:
+                parts.append(f"{name} {progress.text if progress else 'running'} ({clock(elapsed)} so far)")
+            if remaining is None:
+                known = False
+            else:
+                left = max(left, remaining) if stage.group else left + remaining
+        pending = [s.name for s in self.stages if s.name not in self.records and s.name not in running]
+        unknown = [name for name in pending if self.previous.get(name) is None]
+        left += sum(self.previous.get(name) or 0 for name in pending)
+        if not known:
+            eta = "run ETA: after the first progress"
+        elif unknown:
+            eta = f"run ETA >= {clock(left)} ({', '.join(unknown)}: no earlier time to go by)"
+        else:
+            eta = f"run ETA ~{clock(left)}"
+        return f"  [{clock(now - self.ctx.started)}] " + " · ".join(parts) + f" · {eta}"
 
 
 def preview(stages: list[Stage], out: Path) -> dict[str, str | None]:

@@ -21,7 +21,7 @@ from sftpack import frameworks as fw
 from sftpack.errors import SftpackError
 from sftpack.pipeline.offline import offline_reason
 from sftpack.pipeline.schema import ModelSpec, Pipeline, PipelineError, TrainSpec
-from sftpack.pipeline.stages import Context, Stage, file_sha256, tree_sha256, tree_stat
+from sftpack.pipeline.stages import Context, Progress, Stage, file_sha256, tree_sha256, tree_stat
 from sftpack.provenance import versions
 
 if TYPE_CHECKING:
@@ -63,6 +63,16 @@ def _env(ctx: Context, stage: str, pipeline: Pipeline) -> dict[str, str]:
     if not pipeline.requires_gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""   # the CPU pipeline stays on the CPU, even on a GPU machine
     return env
+
+
+def stage_threads(parallel: int) -> str:
+    """CPU threads for each of `parallel` processes at once: the caller's OMP_NUM_THREADS when set, else this
+    process's cores shared out (at least 1)."""
+    from sftpack.training import threads
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return os.environ["OMP_NUM_THREADS"]
+    return str(max(1, int(threads(os.environ)) // max(1, parallel)))
 
 
 def _logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
@@ -276,25 +286,30 @@ def data_stage(pipeline: Pipeline):
 
 
 # -- train ------------------------------------------------------------------------------------------------
-def train_job(pipeline: Pipeline, spec: TrainSpec, ctx: Context, fit_check: str = "refuse") -> TrainJob:
+def train_job(pipeline: Pipeline, spec: TrainSpec, ctx: Context, fit_check: str = "refuse",
+              verbose: bool = True) -> TrainJob:
     """The training-core job of one `train:` entry (the same core `sftpack bench` runs: sftpack.training).
-    `fit_check`: TrainJob's (`--force-fit`: "warn", `--no-fit-check`: "off"); not part of the stage's key."""
+    `fit_check`: TrainJob's (`--force-fit`: "warn", `--no-fit-check`: "off"); not part of the stage's key.
+    With `parallel: N` the N train stages that run at once share the cores (OMP_NUM_THREADS = cores / N)."""
     from sftpack.training import TrainJob
 
     folder = ctx.dir(spec.stage)
+    env = {} if pipeline.parallel <= 1 else {"OMP_NUM_THREADS": stage_threads(pipeline.parallel)}
     return TrainJob(framework=spec.framework, config=spec.config_path, overrides=dict(spec.overrides),
                     model=Path(ctx.outputs["model"]["path"]), output_dir=folder / "output",
                     cwd=Path(ctx.outputs["data"]["workdir"]), record_dir=folder, cache=folder / "cache",
-                    gpus=1 if pipeline.requires_gpu else 0, timeout_s=spec.timeout_s, echo=True,
+                    gpus=1 if pipeline.requires_gpu else 0, timeout_s=spec.timeout_s, echo=verbose,
                     identity={"suite": pipeline.name, "session": ctx.out.name, "run": spec.stage, "repeat": 1,
-                              "group": None}, fit_check=fit_check)
+                              "group": None}, fit_check=fit_check, env=env)
 
 
-def train_stage(pipeline: Pipeline, spec: TrainSpec, fit_check: str = "refuse"):
+def train_stage(pipeline: Pipeline, spec: TrainSpec, fit_check: str = "refuse", verbose: bool = True):
     def run(ctx: Context) -> dict[str, Any]:
         from sftpack.training import run_standalone
 
-        job = train_job(pipeline, spec, ctx, fit_check)
+        job = train_job(pipeline, spec, ctx, fit_check, verbose)
+        if not verbose:
+            print(f"{spec.stage}: {spec.framework}'s output -> {job.record_dir / 'stdout.log'}", flush=True)
         result = run_standalone(job)
         log_path = job.record_dir / "stdout.log"
         if result.status != "ok":
@@ -306,24 +321,40 @@ def train_stage(pipeline: Pipeline, spec: TrainSpec, fit_check: str = "refuse"):
             import shutil
 
             shutil.rmtree(job.cache, ignore_errors=True)
-        return {"result": str(job.record_dir / "result.json"), "trained_model": result.trained_model}
-    return Stage(spec.stage, run, f"{spec.framework} from {spec.config} (measured)")
+        return {"result": str(job.record_dir / "result.json"), "trained_model": result.trained_model,
+                "threads": job.env.get("OMP_NUM_THREADS")}
+
+    def progress(ctx: Context) -> Progress:
+        log = fw.adapter(spec.framework).parse_log(ctx.out / spec.stage / "output", "", False, None, False)
+        if not log.steps or not log.max_steps:
+            return Progress(None, "starting (imports, tokenising)")
+        return Progress(log.steps / log.max_steps, f"{log.steps}/{log.max_steps} steps")
+
+    return Stage(spec.stage, run, f"{spec.framework} from {spec.config} (measured)", group="train",
+                 progress=progress)
 
 
 def train_inputs(pipeline: Pipeline, spec: TrainSpec) -> dict[str, Any]:
     """What a training stage's output depends on besides the model and the data: its config and settings."""
-    return {"framework": spec.framework, "config": spec.config, "config_sha256": file_sha256(spec.config_path),
-            "overrides": spec.overrides, "timeout_s": spec.timeout_s, "requires_gpu": pipeline.requires_gpu,
-            "versions": versions(fw.adapter(spec.framework).package, *TRAIN_PACKAGES)}
+    inputs = {"framework": spec.framework, "config": spec.config, "config_sha256": file_sha256(spec.config_path),
+              "overrides": spec.overrides, "timeout_s": spec.timeout_s, "requires_gpu": pipeline.requires_gpu,
+              "versions": versions(fw.adapter(spec.framework).package, *TRAIN_PACKAGES)}
+    if pipeline.parallel > 1:   # the threads each run gets: its measured time (and its float order) depend on them
+        inputs["parallel"] = pipeline.parallel
+    return inputs
 
 
 # -- eval -------------------------------------------------------------------------------------------------
 def eval_inputs(pipeline: Pipeline) -> dict[str, Any]:
     """What the eval stage's output depends on besides the models and the data: settings, task files, versions."""
     spec = pipeline.eval
-    return {"tasks": list(spec.tasks), "limit": spec.limit, "device": spec.device, "batch_size": str(spec.batch_size),
-            "dtype": spec.dtype, "gen_kwargs": spec.gen_kwargs, "requires_gpu": pipeline.requires_gpu,
-            "eval_tasks_sha256": tree_sha256(fw.EVAL_TASKS), "versions": versions(*EVAL_PACKAGES)}
+    inputs = {"tasks": list(spec.tasks), "limit": spec.limit, "device": spec.device,
+              "batch_size": str(spec.batch_size), "dtype": spec.dtype, "gen_kwargs": spec.gen_kwargs,
+              "requires_gpu": pipeline.requires_gpu, "eval_tasks_sha256": tree_sha256(spec.tasks_folder),
+              "versions": versions(*EVAL_PACKAGES)}
+    if spec.include_path is not None:
+        inputs["include_path"] = str(spec.tasks_folder)
+    return inputs
 
 
 def _chat_tasks(pipeline: Pipeline, model: str, folder: Path) -> Path:
@@ -339,8 +370,9 @@ def _chat_tasks(pipeline: Pipeline, model: str, folder: Path) -> Path:
     from sftpack.evaluate import tasks as tasklib
     from sftpack.training import merged_config
 
+    shipped_tasks = pipeline.eval.tasks_folder
     if tasklib.CHAT_TASK not in pipeline.eval.tasks:
-        return fw.EVAL_TASKS
+        return shipped_tasks
 
     rendered: dict[str, str] = {}
     for spec in pipeline.train:
@@ -352,18 +384,20 @@ def _chat_tasks(pipeline: Pipeline, model: str, folder: Path) -> Path:
         raise SftpackError(f"{pipeline.path}: the train entries {sorted(rendered)} train different chat formats "
                            f"(template or system prompt), so one {tasklib.CHAT_TASK} cannot use the training prompt "
                            "of each; give them the same template and system, or evaluate them in separate pipelines")
-    shipped = (fw.EVAL_TASKS / f"{tasklib.CHAT_TASK}.yaml").read_text(encoding="utf-8").split("include:", 1)[1]
+    shipped = (shipped_tasks / f"{tasklib.CHAT_TASK}.yaml").read_text(encoding="utf-8").split("include:", 1)[1]
     if not rendered or next(iter(rendered.values())) == shipped:
-        return fw.EVAL_TASKS
+        return shipped_tasks
     tasks = folder / "tasks"
     shutil.rmtree(tasks, ignore_errors=True)
-    shutil.copytree(fw.EVAL_TASKS, tasks)
+    shutil.copytree(shipped_tasks, tasks, ignore=shutil.ignore_patterns("__pycache__"))
     write_text(tasks / f"{tasklib.CHAT_TASK}.yaml", body)
     print(f"eval: {tasklib.CHAT_TASK} generated from the training configs' chat format -> {tasks}", flush=True)
     return tasks
 
 
-def eval_stage(pipeline: Pipeline):
+def eval_stage(pipeline: Pipeline, verbose: bool = True):
+    labels = ["base"] + [t.framework for t in pipeline.train]
+
     def run(ctx: Context) -> dict[str, Any]:
         from sftpack.evaluate.runner import Settings, run_eval
 
@@ -371,17 +405,31 @@ def eval_stage(pipeline: Pipeline):
         folder = ctx.dir("eval")
         settings = Settings(tasks=list(spec.tasks), limit=spec.limit, device=spec.device,
                             batch_size=str(spec.batch_size), dtype=spec.dtype, gen_kwargs=spec.gen_kwargs,
-                            workdir=ctx.outputs["data"]["workdir"],
+                            workdir=ctx.outputs["data"]["workdir"], parallel=pipeline.parallel,
                             include_path=str(_chat_tasks(pipeline, ctx.outputs["model"]["path"], folder)))
         tuned = [f"{t.framework}={ctx.outputs[t.stage]['trained_model']}" for t in pipeline.train]
+        env = _env(ctx, "eval", pipeline)
+        if pipeline.parallel > 1:
+            env["OMP_NUM_THREADS"] = stage_threads(min(pipeline.parallel, len(labels)))
+        if not verbose:
+            print(f"eval: lm-eval's output -> {folder / 'logs'}", flush=True)
         try:
-            run_eval(ctx.outputs["model"]["path"], tuned, folder, settings, env=_env(ctx, "eval", pipeline))
+            run_eval(ctx.outputs["model"]["path"], tuned, folder, settings, env=env, echo=verbose)
         except SftpackError as err:
             logs = sorted((folder / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime)
             raise LoggedError(str(err), logs[-1] if logs else folder) from err
         return {"eval_json": str(folder / "eval.json"), "eval_md": str(folder / "eval.md")}
+
+    def progress(ctx: Context) -> Progress:
+        from sftpack.evaluate.runner import log_progress
+
+        done = [log_progress(path) for path in sorted((ctx.out / "eval" / "logs").glob("*.log"))]
+        fraction = sum(done) / len(labels)
+        return Progress(fraction or None, f"{sum(f == 1.0 for f in done)}/{len(labels)} models scored "
+                                          f"({100 * fraction:.0f} % of the requests)")
+
     return Stage("eval", run, f"base vs {', '.join(t.framework for t in pipeline.train)} on "
-                              f"{', '.join(pipeline.eval.tasks)} (limit {pipeline.eval.limit})")
+                              f"{', '.join(pipeline.eval.tasks)} (limit {pipeline.eval.limit})", progress=progress)
 
 
 def report_stage(pipeline: Pipeline):
@@ -398,18 +446,20 @@ def report_inputs(pipeline: Pipeline) -> dict[str, Any]:
             "versions": versions(*REPORT_PACKAGES)}
 
 
-def stages(pipeline: Pipeline, fit_check: str = "refuse") -> list[Stage]:
+def stages(pipeline: Pipeline, fit_check: str = "refuse", verbose: bool = True) -> list[Stage]:
     """The stages in order, each with the inputs its key hashes and the stages it reads (see stages.py);
-    `fit_check`: the train stages' GPU fit check (sftpack.training.TrainJob.fit_check)."""
+    `fit_check`: the train stages' GPU fit check (sftpack.training.TrainJob.fit_check); `verbose`: the frameworks'
+    and lm-eval's output on the terminal too (always in the stage's log files)."""
     def keyed(stage: Stage, inputs, reads: tuple[str, ...] | None) -> Stage:
         return dataclasses.replace(stage, inputs=inputs, reads=reads)
 
     trains = tuple(t.stage for t in pipeline.train)
     return ([keyed(model_stage(pipeline), lambda: model_inputs(pipeline), ()),
              keyed(data_stage(pipeline), lambda: data_inputs(pipeline), ())]
-            + [keyed(train_stage(pipeline, t, fit_check), lambda t=t: train_inputs(pipeline, t), ("model", "data"))
+            + [keyed(train_stage(pipeline, t, fit_check, verbose), lambda t=t: train_inputs(pipeline, t),
+                     ("model", "data"))
                for t in pipeline.train]
-            + [keyed(eval_stage(pipeline), lambda: eval_inputs(pipeline), ("model", "data", *trains)),
+            + [keyed(eval_stage(pipeline, verbose), lambda: eval_inputs(pipeline), ("model", "data", *trains)),
                keyed(report_stage(pipeline), lambda: report_inputs(pipeline), None)])
 
 

@@ -267,7 +267,8 @@ def evaluate(sweep: Sweep, label: str, base_model: str, trained: str | None, fol
 
     spec = sweep.pipeline.eval
     settings = Settings(tasks=list(spec.tasks), limit=spec.limit, device=spec.device, batch_size=str(spec.batch_size),
-                        dtype=spec.dtype, gen_kwargs=spec.gen_kwargs, workdir=workdir)
+                        dtype=spec.dtype, gen_kwargs=spec.gen_kwargs, workdir=workdir,
+                        include_path=str(spec.tasks_folder))
     started = time.monotonic()
     report = run_eval(base_model, [f"{label}={trained}"] if trained else [], folder / "eval", settings,
                       include_base=trained is None, env=eval_env(sweep, folder))

@@ -302,6 +302,8 @@ def _merged(section: type, base_value: Any, changes: dict[str, Any], at: At) -> 
     data = {f: getattr(base_value, f) for f in ("path", "build_shape", "seed", "download", "tokenizer",
                                                  "tokenizer_required")} if section is ModelSpec else \
         {f: getattr(base_value, f) for f in ("tasks", "limit", "device", "batch_size", "dtype", "gen_kwargs")}
+    if section is EvalSpec and base_value.include_path is not None:   # the base file's folder, as an absolute path
+        data["include_path"] = str(base_value.tasks_folder)
     return spec.build_at(section, {**data, **changes}, at)
 
 
@@ -317,6 +319,7 @@ def load_sweep(path: Path) -> tuple[Sweep, list[Cell]]:
     sweep.check_files(at)
     spec.raise_problems(at.problems, SweepError)
     base = load_pipeline(sweep.resolve(sweep.base))      # its own errors name its own file
+    base.parallel = 1   # cells run one at a time, each with every core (a pipeline's `parallel` is for its stages)
     if sweep.model:
         base.model = _merged(ModelSpec, base.model, sweep.model, at["model"])
     if sweep.eval:
