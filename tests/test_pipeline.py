@@ -402,6 +402,34 @@ def test_progress_line_gives_each_running_stage_and_the_run_eta(tmp_path):
     assert ticker.line() is None
 
 
+@pytest.mark.integration
+def test_sigterm_while_both_trainings_run_at_once_ends_both_and_exits(tmp_path, tiny_model):
+    """With `parallel: 2` the main thread waits on two stage threads, each driving a framework: SIGTERM must end
+    both frameworks' process trees (not wait for them: it once hung until they finished) and exit 143, with no
+    done.json for either training and the finished stages kept."""
+    from test_nothing_lost_cli import assert_interrupted, pipeline_file, start, stop, tree, wait_for
+
+    pipe = pipeline_file(tmp_path, {"path": str(tiny_model), "seed": 0}, max_steps=100000, save_steps=100000)
+    out = tmp_path / "project"
+    first = start("run", pipe, "--out", out, cwd=tmp_path)
+    try:
+        def both_running() -> bool:
+            commands = [" ".join(p.cmdline()) for p in tree(first.pid)]
+            return any("llamafactory-cli" in c for c in commands) and any("swift" in c for c in commands)
+
+        wait_for(both_running, 300, "both frameworks to start", first)
+        time.sleep(3)
+        started = time.monotonic()
+        err, left = stop(first, "SIGTERM")
+        assert time.monotonic() - started < 30, "SIGTERM must not wait for the trainings to finish"
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert_interrupted(first, err, "SIGTERM", left)
+    assert (out / "data" / DONE).is_file()
+    assert not (out / "train_llamafactory" / DONE).exists() and not (out / "train_swift" / DONE).exists()
+
+
 # -- the default pipeline, end to end ---------------------------------------------------------------------
 @pytest.mark.integration
 def test_default_pipeline_end_to_end(tmp_path, capsys):

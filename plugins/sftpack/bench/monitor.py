@@ -42,7 +42,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 MIB = 1024 * 1024
 PSS_BUDGET = 0.005   # share of one core the PSS samples may use (each walks the page tables)
@@ -296,6 +296,38 @@ def end_groups(sig: int = signal.SIGKILL) -> list[int]:
         _kill_group(pgid, sig)
         _GROUPS.discard(pgid)
     return ended
+
+
+def concurrently(calls: list[Callable[[], Any]], workers: int, name: str = "run") -> list[Any]:
+    """Run `calls` in up to `workers` threads (each typically drives one child through run_measured); return their
+    results in order, an exception in place of the result of a call that raised (every call runs to its end).
+
+    Signals reach only the main thread, which waits here: on Ctrl-C, SIGTERM or SIGHUP (Interrupted) every child
+    group still registered is ended first, so the threads waiting on them return, and only then is the exception
+    raised -- the run never hangs on, or leaves behind, the children of the other threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def guarded(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception as err:   # noqa: BLE001 - handed back in place of the result
+            return _Raised(err)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix=name)
+    try:
+        futures = [pool.submit(guarded, call) for call in calls]
+        results = [future.result() for future in futures]
+    except BaseException:
+        end_groups(signal.SIGKILL)   # the other threads' children: their waits return, the threads end
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return [r.error if isinstance(r, _Raised) else r for r in results]
+
+
+@dataclass
+class _Raised:
+    error: Exception
 
 
 def _kill_group(pgid: int, sig: int) -> None:

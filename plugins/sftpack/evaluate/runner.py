@@ -26,13 +26,13 @@ import re
 import shutil
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from sftpack import frameworks as fw
 from sftpack.artifacts import write_json, write_text
+from sftpack.bench.monitor import concurrently
 from sftpack.errors import SftpackError
 from sftpack.evaluate import results as res
 from sftpack.evaluate.models import EvalModel, plan, vllm_max_lora_rank
@@ -247,9 +247,10 @@ def _run_models(models: list[EvalModel], out: Path, settings: Settings, env: dic
     if parallel == 1:
         done = [one(m, n) for m, n in jobs]
     else:
-        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lm_eval") as pool:
-            futures = [pool.submit(one, m, n) for m, n in jobs]
-            done = [future.result() for future in futures]
+        done = concurrently([lambda m=m, n=n: one(m, n) for m, n in jobs], parallel, "lm_eval")
+        failed = next((result for result in done if isinstance(result, Exception)), None)
+        if failed is not None:
+            raise failed
     per_model: dict[str, list[dict[str, Any]]] = {}
     model_records = []
     for m in models:

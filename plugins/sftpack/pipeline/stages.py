@@ -33,12 +33,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sftpack.artifacts import file_sha256, write_json
+from sftpack.bench.monitor import concurrently
 from sftpack.errors import SftpackError
 from sftpack.locks import hold
 from sftpack.provenance import utc_now
@@ -349,16 +349,14 @@ def _run_batch(to_run: list[tuple[Stage, str, str]], plans: dict[str, Plan], ctx
         return
     banner(f"{', '.join(stage.name for stage, _, _ in to_run)} run at the same time (parallel: {len(to_run)})",
            ctx.started)
-    with ThreadPoolExecutor(max_workers=len(to_run), thread_name_prefix="stage") as pool:
-        futures = [(stage, pool.submit(one, stage, label, reason)) for stage, label, reason in to_run]
-        failure = None
-        for stage, future in futures:
-            try:
-                records[stage.name] = future.result()
-            except Exception as err:   # noqa: BLE001 - the first is raised once every stage of the batch ended
-                failure = failure or err
-    if failure is not None:
-        raise failure
+    results = concurrently([lambda s=s, lab=lab, why=why: one(s, lab, why) for s, lab, why in to_run], len(to_run),
+                           "stage")
+    failures = [result for result in results if isinstance(result, Exception)]
+    for (stage, _, _), result in zip(to_run, results):
+        if not isinstance(result, Exception):
+            records[stage.name] = result
+    if failures:
+        raise failures[0]   # once every stage of the batch has ended: the others' outputs are kept
 
 
 class Ticker:
