@@ -21,7 +21,7 @@ KEYS = (
     "method", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
     "learning_rate", "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "optim",
     "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "max_length", "truncation", "dtype", "packing", "seed", "dataset", "system",
+    "max_length", "truncation", "dtype", "packing", "sampler", "seed", "dataset", "system",
 )
 
 # transformers.TrainingArguments defaults both frameworks inherit unless they override them.
@@ -142,6 +142,9 @@ def normalise_lf(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "truncation": "truncate",  # LF always truncates over-long rows (never drops them)
         "dtype": dtype,
         "packing": bool(packing),
+        # transformers 5's train_sampling_strategy (random / sequential / group_by_length); LF's
+        # disable_shuffling makes it sequential
+        "sampler": "sequential" if c.get("disable_shuffling") else str(c.get("train_sampling_strategy") or "random"),
         "seed": int(c["seed"]),
         "dataset": sorted(str(dataset).split(",")) if dataset else None,
         "system": c["default_system"] if c.get("default_system") is not None else lf_template_system(c.get("template")),
@@ -171,6 +174,9 @@ def normalise_swift(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "truncation": "truncate" if strategy in ("right", "left") else strategy,
         "dtype": str(c.get("torch_dtype") or "auto"),
         "packing": bool(c["packing"]),
+        # Swift's own batch sampler: group_by_length, else shuffled unless train_dataloader_shuffle is false
+        "sampler": "group_by_length" if c.get("group_by_length") else
+                   "random" if c.get("train_dataloader_shuffle", True) else "sequential",
         "seed": int(c["seed"]),
         "dataset": sorted(str(d).split("#")[0] for d in dataset) if dataset else None,
         "system": c["system"] if c.get("system") is not None else swift_template_system(c.get("template")),
