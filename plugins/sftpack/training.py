@@ -124,7 +124,11 @@ def repeatability(job: TrainJob, overrides: Mapping[str, Any], env: Mapping[str,
 
 
 def environment(job: TrainJob) -> tuple[dict[str, str], dict[str, str]]:
-    """(full environment, the part set on top of the caller's): offline, devices, the framework's variables."""
+    """(full environment, the part set on top of the caller's): offline, devices, the framework's variables.
+
+    A torchrun launch (fw.launch_shape): one process per GPU when gpus > 1, or NPROC_PER_NODE processes (gloo on
+    a CPU) and/or NNODES nodes from `job.env`; the core adds NPROC_PER_NODE, a free MASTER_PORT (job.env's wins:
+    the nodes of one run share it) and the framework's launch variables (its adapter's `env`)."""
     base = dict(job.base_env) if job.base_env is not None else dict(os.environ)
     extra: dict[str, str] = {}
     if job.gpus == 0:
@@ -134,11 +138,13 @@ def environment(job: TrainJob) -> tuple[dict[str, str], dict[str, str]]:
         ids = visible.split(",") if visible else [str(i) for i in range(job.gpus)]
         extra["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:job.gpus])
         extra["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    if job.gpus > 1:
-        extra.update(NPROC_PER_NODE=str(job.gpus), MASTER_PORT=str(_free_port()))
+    processes, nodes = fw.launch_shape(job.gpus, job.env)
+    distributed = processes > 1 or nodes > 1
+    if distributed:
+        extra.update(NPROC_PER_NODE=str(processes), MASTER_PORT=str(_free_port()))
     threads_n = threads(base)
     extra.update(OMP_NUM_THREADS=threads_n, MKL_NUM_THREADS=base.get("MKL_NUM_THREADS") or threads_n)
-    extra.update(fw.adapter(job.framework).env(job.gpus))
+    extra.update(fw.adapter(job.framework).env(job.gpus, distributed=distributed, base=base))
     extra.update({str(k): str(v) for k, v in job.env.items()})
     env = fw.offline_env(job.cache, base=base)
     env.update(extra)
@@ -216,7 +222,8 @@ def run_training(job: TrainJob, result: RunResult | None = None) -> RunResult:
     parse_started = time.perf_counter()
     stdout = stdout_log.read_text(encoding="utf-8", errors="replace")
     values = adapter.normalise(merged_config(job.config, job.overrides))
-    per_step = (values["per_device_train_batch_size"] * values["gradient_accumulation_steps"] * max(job.gpus, 1)
+    processes, nodes = fw.launch_shape(job.gpus, job.env)   # every process of every node takes a micro-batch
+    per_step = (values["per_device_train_batch_size"] * values["gradient_accumulation_steps"] * processes * nodes
                 if values["gradient_accumulation_steps"] is not None else None)
     padding_free = bool(result.speed_options.get("packing") or job.overrides.get("padding_free"))
     log = adapter.parse_log(job.output_dir, stdout, job.gpus > 0, per_step, padding_free)

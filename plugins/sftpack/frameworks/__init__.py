@@ -32,6 +32,7 @@ from sftpack.frameworks.common import (
     TRAIN_CONFIGS,
     executable,
     last_checkpoint,
+    launch_shape,
     lm_eval_cmd,
     offline_env,
     run_logged,
@@ -47,7 +48,8 @@ TINY_CPU_SWIFT = ADAPTERS["swift"].tiny_cpu
 
 __all__ = ["ADAPTERS", "Adapter", "EVAL_TASKS", "FRAMEWORKS", "LF_FULL_CONFIG", "LF_LORA_CONFIG", "REPO_ROOT",
            "SWIFT_FULL_CONFIG", "SWIFT_LORA_CONFIG", "SWIFT_PLUGIN", "TINY_CPU_LF", "TINY_CPU_SWIFT", "TRAIN_CONFIGS",
-           "adapter", "executable", "last_checkpoint", "lf_train_cmd", "lm_eval_cmd", "offline_env", "run_logged",
+           "adapter", "executable", "last_checkpoint", "launch_shape", "lf_train_cmd", "lm_eval_cmd", "offline_env",
+           "run_logged",
            "swift_sft_cmd", "text", "tiny_lf_overrides", "tiny_overrides", "tiny_swift_overrides"]
 
 

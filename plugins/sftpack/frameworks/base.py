@@ -113,8 +113,11 @@ class Adapter:
         """What the framework needs to load a local model folder without a hub; a spec's overrides win."""
         return {}
 
-    def env(self, gpus: int) -> dict[str, str]:
-        """Environment variables the framework needs for a run on `gpus` GPUs (on top of the offline ones)."""
+    def env(self, gpus: int, distributed: bool | None = None,
+            base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment variables the framework needs for a run on `gpus` GPUs (on top of the offline ones and
+        torchrun's variables); `distributed` (default: more than one GPU): launched by torchrun — several
+        processes or nodes (common.launch_shape), on GPUs or a CPU; `base`: the caller's environment."""
         return {}
 
     # -- the config's meaning -------------------------------------------------------------------------------

@@ -49,6 +49,36 @@ def offline_env(cache_root: Path, base: Mapping[str, str] | None = None) -> dict
     return env
 
 
+# torchrun's variables: NPROC_PER_NODE processes on each of NNODES nodes, this one NODE_RANK, rank 0's node at
+# MASTER_ADDR:MASTER_PORT. Both CLIs start torchrun from them (LLaMA-Factory also needs FORCE_TORCHRUN=1: its
+# adapter's `env`). On a CPU the processes talk over gloo (tests/test_distributed_cpu.py).
+
+
+def launch_shape(gpus: int, env: Mapping[str, Any]) -> tuple[int, int]:
+    """(processes per node, nodes) of a run on `gpus` GPUs whose extra environment is `env`: NPROC_PER_NODE
+    processes if `env` sets it, else one per GPU (one on a CPU); NNODES nodes (default 1). More than one of either
+    means a torchrun launch."""
+    shape = []
+    for key, default in (("NPROC_PER_NODE", gpus if gpus > 1 else 1), ("NNODES", 1)):
+        value = env.get(key)
+        try:
+            number = int(value) if value not in (None, "") else default
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1:
+            raise SftpackError(f"{key}={value!r}: expected a whole number >= 1")
+        shape.append(number)
+    return shape[0], shape[1]
+
+
+def path_with_this_environment(base: Mapping[str, str] | None = None) -> str:
+    """`base`'s (default os.environ's) PATH with this Python's script folder first, as in an activated venv: a CLI
+    that starts another console script by name (LLaMA-Factory's launcher runs `torchrun`) gets this one's."""
+    here = str(Path(sys.executable).parent)
+    rest = (os.environ if base is None else base).get("PATH", "").split(os.pathsep)
+    return os.pathsep.join([here, *(part for part in rest if part and part != here)])
+
+
 def executable(name: str) -> str:
     """A console script of this environment (beside sys.executable), else from PATH."""
     local = Path(sys.executable).parent / name

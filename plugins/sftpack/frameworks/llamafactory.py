@@ -3,7 +3,8 @@
 - Overrides are `key=value` after the YAML (merged into it); unknown keys are fatal (LF's HfArgumentParser).
 - The harness counts non-padding tokens exactly (`include_num_input_tokens_seen=non_padding`); GPU memory is the
   torch max counters LF writes into trainer_log.jsonl with env `RECORD_VRAM=1` (GiB, 0.01 resolution).
-- Multi-GPU: `FORCE_TORCHRUN=1` (NPROC_PER_NODE is set by the caller).
+- Several processes or nodes (GPUs, or gloo on a CPU): `FORCE_TORCHRUN=1` and `torchrun` on PATH; the caller sets
+  torchrun's variables (NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT).
 - CPU: fp32 (`bf16: true` needs `use_cpu`), one preprocessing worker.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, Mapping
 
 from sftpack import parity
 from sftpack.frameworks.base import Adapter, Config, MemoryTraits, Sample
-from sftpack.frameworks.common import text
+from sftpack.frameworks.common import path_with_this_environment, text
 from sftpack.frameworks.logs import GIB_TO_MIB, TrainLog, max_number
 
 LOG = "trainer_log.jsonl"
@@ -83,6 +84,21 @@ MEMORY_TRAITS = MemoryTraits(
 )
 
 
+# Keys whose string value transformers' TrainingArguments splits on whitespace itself (`fsdp: "full_shard auto_wrap"`).
+_WHITESPACE_LISTS = ("fsdp",)
+
+
+def _cli_value(key: str, value: Any) -> str:
+    """`value` as one `key=value` argument that survives LLaMA-Factory's torchrun launch: its launcher re-splits the
+    arguments on whitespace (`" ".join(sys.argv[1:]).split()`, llamafactory/launcher.py), so lists are written in
+    OmegaConf's list syntax without spaces (`[a,b]`), and an `fsdp` string becomes that list (the same options)."""
+    if isinstance(value, str) and key in _WHITESPACE_LISTS and len(value.split()) > 1:
+        value = value.split()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(text(item) for item in value) + "]"
+    return text(value)
+
+
 class LlamaFactory(Adapter):
     memory_traits = MEMORY_TRAITS
     name, short, cli, package = "llamafactory", "LF", ("llamafactory-cli", "train"), "llamafactory"
@@ -92,15 +108,19 @@ class LlamaFactory(Adapter):
     model_key, config_keys = "model_name_or_path", ("model_name_or_path", "stage", "finetuning_type")
 
     def command(self, config: Path, overrides: Mapping[str, Any]) -> list[str]:
-        return self._cli() + [str(config)] + [f"{key}={text(value)}" for key, value in overrides.items()]
+        return self._cli() + [str(config)] + [f"{key}={_cli_value(key, value)}" for key, value in overrides.items()]
 
     def run_overrides(self, model: Path, output_dir: Path) -> dict[str, Any]:
         return {"model_name_or_path": model, "output_dir": output_dir, "include_num_input_tokens_seen": "non_padding"}
 
-    def env(self, gpus: int) -> dict[str, str]:
+    def env(self, gpus: int, distributed: bool | None = None,
+            base: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {"RECORD_VRAM": "1"}          # vram_allocated / vram_reserved in trainer_log.jsonl (0 on a CPU)
-        if gpus > 1:
+        if gpus > 1 if distributed is None else distributed:
+            # `llamafactory-cli train` starts torchrun only with FORCE_TORCHRUN=1 on a CPU or one GPU (and for
+            # DeepSpeed), and starts it by name from PATH (llamafactory/launcher.py): this environment's first.
             env["FORCE_TORCHRUN"] = "1"
+            env["PATH"] = path_with_this_environment(base)
         return env
 
     def normalise(self, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,8 @@
   figure is then an ESTIMATE (samples seen x Swift's mean tokenised length), exact only with packing.
 - GPU memory: `memory(GiB)` in logging.jsonl = torch max reserved (Swift logs no allocated figure).
 - Saves LoRA adapters and full models only in `output_dir/checkpoint-N/`.
+- Several processes or nodes: `swift sft` runs `python -m torch.distributed.run` itself when NPROC_PER_NODE or
+  NNODES is set (swift/cli/main.py), passing NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT on: nothing more needed.
 """
 
 from __future__ import annotations
