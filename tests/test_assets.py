@@ -242,10 +242,11 @@ def test_added_task_folders_are_combined_with_the_later_one_winning(tmp_path):
 
 
 @pytest.mark.integration
-def test_eval_in_lm_evals_spellings_runs_an_added_task_folder(tiny_model, tmp_path, env):
+def test_eval_in_lm_evals_spellings_runs_an_added_task_folder(tiny_model, tmp_path, env, sample_workdir):
     """`sftpack eval --model_args pretrained=M --include_path MINE --num_fewshot 0 --batch_size 1`: a task of MINE
-    runs beside the shipped ones, through the combined folder lm-eval reads (~25 s)."""
-    sftpack("prepare", "gsm8k", "--source", "sample", "--out", "dataset_info", "--quiet", cwd=tmp_path)
+    runs beside the shipped ones, through the combined folder lm-eval reads (~25 s). The current folder's
+    dataset_info/ is the shipped sample as `sftpack prepare gsm8k --source sample` writes it (conftest, shared)."""
+    (tmp_path / "dataset_info").symlink_to(sample_workdir / "dataset_info")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "my-gsm8k.yaml").write_text(yaml.safe_dump({"include": str(fw.EVAL_TASKS / "gsm8k-local.yaml"),

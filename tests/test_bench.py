@@ -328,26 +328,18 @@ def _bench(*args, cwd=fw.REPO_ROOT) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.integration
-def test_suite_runs_real_clis_records_failures_and_never_overwrites(tmp_path):
-    data = yaml.safe_load((SUITES / "cpu_tiny.yaml").read_text())
-    data["runs"] = [run for run in data["runs"] if run["name"] in ("lf_lora", "swift_lora")]
-    for run in data["runs"]:
-        run["overrides"] = {"max_steps": 3, "save_steps": 3}
-    data["runs"] += [
-        # LLaMA-Factory refuses unknown keys: the real CLI exits non-zero and the suite must go on
-        {"name": "lf_broken", "framework": "llamafactory", "config": "train_configs/qwen_gsm8k.yaml",
-         "overrides": {"max_steps": 3, "not_a_real_key": 1}},
-        {"name": "swift_on_gpu", "framework": "swift", "config": "train_configs/swift/qwen_lora_gsm8k.yaml",
-         "gpus": 1},
-    ]
-    data["overhead"] = {"run": "lf_lora", "repeats": 1}
-    data["defaults"]["repeats"] = 1
-    suite = _suite_file(tmp_path, data, "mini.yaml")
-    results, work = tmp_path / "results", tmp_path / "work"
+def test_suite_runs_real_clis_records_failures_and_never_overwrites(tmp_path, bench_session):
+    """conftest's `bench_session`: `sftpack bench` on a mini cpu_tiny suite (lf_lora, swift_lora, lf_broken whose
+    unknown key makes LLaMA-Factory exit non-zero, swift_on_gpu skipped here, the overhead of lf_lora). Then, on a
+    copy of its results: a re-run adds a session and changes no stored result, and the report is rebuilt."""
+    import shutil
 
-    done = _bench(suite, "--results", results, "--work", work)
+    done = bench_session.done
     assert done.returncode == 1, done.stdout + done.stderr  # one run failed: recorded, exit status says so
     assert "lf_broken r1: failed" in done.stderr
+    results, work, suite = tmp_path / "results", tmp_path / "work", bench_session.suite
+    shutil.copytree(bench_session.results, results, symlinks=True)          # the shared session stays read-only
+    shutil.copytree(bench_session.work / "models", work / "models", symlinks=True)   # the model the suite built
     (first,) = sessions(results / "mini")
     session, runs = load_session(first)
     by_name = {r["run"]: r for r in runs}

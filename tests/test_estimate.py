@@ -241,26 +241,32 @@ def test_dataset_lengths_and_micro_batches(tiny_model, shapes):
 
 
 # -- command line and the training core ------------------------------------------------------------------------
-def test_cli_table_json_and_exit_status(tmp_path):
+def test_cli_table_json_and_exit_status(tmp_path, capsys):
+    """One real `python -m sftpack.estimate` process (a config that does not fit: table, JSON and exit 3 together)
+    and the fitting case in-process through the `sftpack estimate` sub-command (exit 0, table, JSON)."""
     out = tmp_path / "estimate.json"
-    base = [sys.executable, "-m", "sftpack.estimate", str(fw.SWIFT_LORA_CONFIG), "torch_dtype=float32",
-            "--shape", "tiny", "max_length=64", "--quiet"]          # overrides before and after options
-    proc = subprocess.run(base + ["--device", "cpu", "--json", str(out)], capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "sftpack.estimate", str(fw.SWIFT_LORA_CONFIG), "torch_dtype=float32",
+                           "--shape", "tiny", "max_length=64", "--quiet",   # overrides before and after options
+                           "--gpu-mem", "1MiB", "--fit-search", "never", "--json", str(out)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 3, proc.stderr
     assert "**traced peak**" in proc.stdout and "logits and loss" in proc.stdout
+    assert "| fits 0.00 GiB | **no** |" in proc.stdout
     report = json.loads(out.read_text())
     assert report["schema_version"] == 1 and report["framework"] == "swift"
     assert report["plan"]["max_length"] == 64 and report["batches"]["worst"]["batch"]["length"] == 64
-    small = subprocess.run(base + ["--gpu-mem", "1MiB", "--fit-search", "never"], capture_output=True, text=True,
-                           cwd=REPO)
-    assert small.returncode == 3 and "| fits 0.00 GiB | **no** |" in small.stdout
+    assert report["batches"]["worst"]["fits"] is False
     assert parse_size("8GiB") == 8 * 2 ** 30 and parse_size("80GB") == 80 * 10 ** 9
     parser = argparse.ArgumentParser(prog="sftpack")
     add_parser(parser.add_subparsers(dest="command"))                 # as sftpack.cli wires it
     args = parser.parse_args(["estimate", str(fw.LF_LORA_CONFIG), "--shape", "tiny", "--device", "cpu",
                               "bf16=false", "cutoff_len=32", "--json", str(tmp_path / "sub.json"), "--quiet"])
+    capsys.readouterr()
     assert args.func(args) == 0
-    assert json.loads((tmp_path / "sub.json").read_text())["batches"]["worst"]["batch"]["length"] == 32
+    printed = capsys.readouterr().out
+    assert "**traced peak**" in printed and "logits and loss" in printed and "fits" not in printed
+    sub = json.loads((tmp_path / "sub.json").read_text())
+    assert sub["framework"] == "llamafactory" and sub["batches"]["worst"]["batch"]["length"] == 32
 
 
 def test_training_core_refuses_a_gpu_run_that_does_not_fit(tiny_model, tmp_path):

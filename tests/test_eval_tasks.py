@@ -30,6 +30,9 @@ CMMLU = SHARED / "cmmlu"
 LM_EVAL_VERSION = "0.4.13"  # the version the equivalence below was proven on (eval_tasks/README.md)
 
 needs_cmmlu = pytest.mark.skipif(not (CMMLU / "test").is_dir(), reason=f"CMMLU CSVs not found at {CMMLU}")
+# the module's fixtures (lm-eval's task index) live in memory: with `pytest -n 2 --dist loadgroup` its tests share one
+# worker instead of building them in both
+pytestmark = pytest.mark.xdist_group("eval_tasks")
 
 
 def _load_module(path: Path, name: str):
@@ -40,18 +43,16 @@ def _load_module(path: Path, name: str):
 
 
 @pytest.fixture(scope="module")
-def eval_cwd(tmp_path_factory):
-    """A folder holding dataset_info/ (GSM8K), the current directory with hubs off and caches inside it."""
+def eval_cwd(tmp_path_factory, request):
+    """A folder holding dataset_info/ (GSM8K: the full split prepared once per session by conftest's `workdir`, else
+    the shipped sample), the current directory with hubs off and caches inside it."""
     import datasets
 
-    from sftpack.convert import prepare
-    from sftpack.converters import CONVERTERS
     from sftpack.frameworks import offline_env
-    from sftpack.samples import sample_dir
 
     root = tmp_path_factory.mktemp("eval_tasks")
-    source = SHARED / "gsm8k" if (SHARED / "gsm8k" / "test.jsonl").exists() else sample_dir("gsm8k")
-    prepare(CONVERTERS["gsm8k"], str(source), root / "dataset_info", progress=False)
+    prepared = request.getfixturevalue("workdir" if (SHARED / "gsm8k" / "test.jsonl").exists() else "sample_workdir")
+    (root / "dataset_info").symlink_to(prepared / "dataset_info")   # read-only here
     patch = pytest.MonkeyPatch()
     env = offline_env(root / "cache", base={})
     for key, value in env.items():

@@ -1,12 +1,13 @@
 """`sftpack eval` (sftpack.evaluate): commands per backend, report building, the errors users hit, and a real run of
 the tiny base model plus one LoRA adapter from each framework.
 
-    .venv/bin/python -m pytest tests/test_evaluate.py                        # ~3 min on 2 cores
+    .venv/bin/python -m pytest tests/test_evaluate.py                        # ~1.5 min on 2 cores
     .venv/bin/python -m pytest tests/test_evaluate.py -m "not integration"   # ~15 s, no training, no model runs
 
-Offline. The integration fixture takes the tiny model (conftest), prepares the GSM8K sample shipped in the
-package, trains a LoRA adapter for 3 steps with `llamafactory-cli train` and with `swift sft`, and the test
-evaluates the base model and both adapters with `python -m sftpack eval` (real lm-eval runs, --limit 3). The
+Offline. The integration tests read two session fixtures (conftest.py): `lora_runs`, a 4-step LoRA adapter of the
+tiny model from `llamafactory-cli train` and from `swift sft` (shipped configs, GSM8K train split), and
+`adapter_eval`, one `python -m sftpack eval` of the base model and both adapters on the GSM8K sample shipped in the
+package (real lm-eval runs, --limit 3; test_integration reads lm-eval's own results of the same runs). The
 retention tasks (two CMMLU subjects from ../shared/data/cmmlu) join that run when the data is there. The vLLM test
 skips unless vLLM and a CUDA GPU are present.
 """
@@ -232,17 +233,13 @@ def test_values_carry_intervals_and_deltas_a_paired_test(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def gsm8k_task(tmp_path_factory):
+def gsm8k_task(tmp_path_factory, sample_workdir):
     """lm-eval's gsm8k-local task over the shipped GSM8K sample (hubs off, caches in a temporary folder)."""
     import datasets
     from lm_eval.tasks import TaskManager
 
-    from sftpack.convert import prepare
-    from sftpack.converters import CONVERTERS
-    from sftpack.samples import sample_dir
-
     root = tmp_path_factory.mktemp("gsm8k_task")
-    prepare(CONVERTERS["gsm8k"], str(sample_dir("gsm8k")), root / "dataset_info", progress=False)
+    (root / "dataset_info").symlink_to(sample_workdir / "dataset_info")   # the shared prepared sample, read-only
     patch = pytest.MonkeyPatch()
     env = fw.offline_env(root / "cache", base={})
     for key, value in env.items():
@@ -255,6 +252,7 @@ def gsm8k_task(tmp_path_factory):
     patch.undo()
 
 
+@pytest.mark.xdist_group("gsm8k_task")   # one lm-eval task index in memory: one worker with --dist loadgroup
 def test_format_rate_regex_is_lm_evals_strict_match(gsm8k_task):
     """extract_answer finds an answer exactly when lm-eval's strict-match filter does, for both gsm8k tasks."""
     from lm_eval.tasks._yaml_loader import load_yaml
@@ -275,6 +273,7 @@ def test_format_rate_regex_is_lm_evals_strict_match(gsm8k_task):
     assert ANSWER_RE.pattern == "#### (\\-?[0-9\\.\\,]+)"
 
 
+@pytest.mark.xdist_group("gsm8k_task")
 def test_task_errors_name_the_fix(gsm8k_task, tmp_path):
     from sftpack.evaluate.tasks import check_tasks
 
@@ -297,36 +296,19 @@ def test_task_errors_name_the_fix(gsm8k_task, tmp_path):
 # ------------------------------------------------------------------ the real thing: tiny model + two adapters
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model):
-    """GSM8K sample in dataset_info/, a 3-step LoRA adapter of the tiny model from LLaMA-Factory and from ms-swift."""
-    from sftpack.convert import prepare
-    from sftpack.converters import CONVERTERS
-    from sftpack.samples import sample_dir
-
-    root = tmp_path_factory.mktemp("eval_run")
-    env = fw.offline_env(root / "cache")
-    model = Path(tiny_model).resolve()
-    prepare(CONVERTERS["gsm8k"], str(sample_dir("gsm8k")), root / "dataset_info", progress=False)
-    lf_out, swift_out = root / "saves" / "lf-lora", root / "saves" / "swift-lora"
-    fw.run_logged(fw.lf_train_cmd(fw.LF_LORA_CONFIG, fw.tiny_lf_overrides(model, lf_out, 3, batch=4, learning_rate=1e-3)), root, env,
-                  root / "logs" / "llamafactory.log", echo=False)
-    fw.run_logged(fw.swift_sft_cmd(fw.SWIFT_LORA_CONFIG, fw.tiny_swift_overrides(model, swift_out, 3, batch=4, learning_rate=1e-3)), root, env,
-                  root / "logs" / "swift.log", echo=False)
-    return SimpleNamespace(root=root, env=env, model=model, lf=lf_out, swift_out=swift_out,
-                           swift=fw.last_checkpoint(swift_out))
+@pytest.fixture
+def trained(lora_runs, sample_workdir, env) -> SimpleNamespace:
+    """conftest's `lora_runs` (a 4-step LoRA adapter of the tiny model from each framework) with the folder
+    `sftpack eval` reads GSM8K from (root, the shared prepared sample: read-only) and the environment."""
+    return SimpleNamespace(root=sample_workdir, env=env, model=lora_runs.model, lf=lora_runs.lf,
+                           swift_out=lora_runs.swift_out, swift=lora_runs.swift)
 
 
 @pytest.mark.integration
-def test_sftpack_eval_base_and_both_adapters(trained):
-    tasks = ["gsm8k-local", "gsm8k-local-chat"] + (["cmmlu-local-agronomy", "cmmlu-local-anatomy"] if HAS_CMMLU else [])
-    out = trained.root / "eval"
-    cmd = [sys.executable, "-m", "sftpack", "eval", "--model", str(trained.model), "--tuned", f"lf={trained.lf}",
-           f"swift={trained.swift}", "--tasks", ",".join(tasks), "--limit", "3", "--device", "cpu",
-           "--gen-kwargs", "max_gen_toks=32", "--workdir", str(trained.root), "--out", str(out), "--quiet"]
-    if HAS_CMMLU:
-        cmd += ["--cmmlu-dir", str(CMMLU)]
-    done = subprocess.run(cmd, cwd=trained.root, env=trained.env, capture_output=True, text=True)
+def test_sftpack_eval_base_and_both_adapters(trained, adapter_eval):
+    """conftest's `adapter_eval`: `sftpack eval --model TINY --tuned lf=LF swift=SWIFT --tasks gsm8k-local,
+    gsm8k-local-chat[,cmmlu-local-agronomy,cmmlu-local-anatomy] --limit 3 --gen-kwargs max_gen_toks=32`."""
+    tasks, out, done = adapter_eval.tasks, adapter_eval.out, adapter_eval.done
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     print((out / "eval.md").read_text(encoding="utf-8"))
@@ -378,39 +360,39 @@ def test_sftpack_eval_base_and_both_adapters(trained):
 
 
 @pytest.mark.integration
-def test_sftpack_eval_errors_on_real_training_outputs(trained, capsys):
+def test_sftpack_eval_errors_on_real_training_outputs(trained, capsys, tmp_path):
     def fails(*argv) -> str:
         assert sftpack_main(["eval", "--model", str(trained.model), "--workdir", str(trained.root),
-                         "--out", str(trained.root / "eval-errors"), *argv]) == 1
+                             "--out", str(tmp_path / "eval-errors"), *argv]) == 1
         return capsys.readouterr().err
 
     err = fails("--tuned", str(trained.swift_out))  # Swift's output folder, not its checkpoint
     assert "no adapter_config.json" in err and f"did you mean --tuned {trained.swift}" in err
-    copy = trained.root / "tiny-model-copy"
+    copy = tmp_path / "tiny-model-copy"
     shutil.copytree(trained.model, copy)
     assert "adapter_config.json says it was trained on" in fails("--model", str(copy), "--tuned", str(trained.lf))
     assert plan(str(copy), [str(trained.lf)], skip_base_check=True)[1].base == str(copy)
     assert "is a LoRA adapter" in fails("--model", str(trained.lf))
     assert "cmmlu-local (group of 67 tasks" in fails("--tuned", str(trained.lf), "--tasks", "gsm8k-chat")
-    empty = trained.root / "empty"
+    empty = tmp_path / "empty"
     empty.mkdir()
     assert "sftpack prepare gsm8k" in fails("--tuned", str(trained.lf), "--workdir", str(empty))
-    assert not (trained.root / "eval-errors").exists()  # nothing ran
+    assert not (tmp_path / "eval-errors").exists()  # nothing ran
 
 
 @pytest.mark.integration
 @pytest.mark.gpu
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (pip install vllm)")
-def test_sftpack_eval_vllm_backend(trained):
+def test_sftpack_eval_vllm_backend(trained, tmp_path):
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("vLLM needs a CUDA GPU")
-    out = trained.root / "eval-vllm"
+    out = tmp_path / "eval-vllm"
     cmd = [sys.executable, "-m", "sftpack", "eval", "--backend", "vllm", "--model", str(trained.model),
            "--tuned", f"lf={trained.lf}", "--tasks", "gsm8k-local-chat", "--limit", "3", "--dtype", "float32",
            "--workdir", str(trained.root), "--out", str(out), "--quiet"]
-    done = subprocess.run(cmd, cwd=trained.root, env=trained.env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=tmp_path, env=trained.env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     assert "lora_local_path=" in " ".join(report["models"][1]["runs"][0]["command"])

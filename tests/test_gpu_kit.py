@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from sftpack import frameworks as fw
 from sftpack.bench import flops
 from sftpack.bench.suite import SuiteError, apply_sets, load_suite
@@ -125,16 +124,19 @@ def test_swift_runs_of_every_gpu_suite_pin_model_type():
 
 # -- prepare + the CPU twin -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory):
+def kit(build_once):
     """prepare.py as a user runs it (wheels for the GPU machine, the tokenizer, the size check), plus the cp311
-    wheels of the same pins for the twin."""
-    done = subprocess.run([PY, str(KIT_DIR / "prepare.py")], capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0, done.stdout + done.stderr
-    twin_wheels = tmp_path_factory.mktemp("twin") / "wheels"
-    done = subprocess.run([PY, str(KIT_DIR / "prepare.py"), "--python-version", "3.11", "--wheels",
-                           str(twin_wheels), "--wheels-only"], capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return {"prepared": json.loads((KIT_DIR / "kit" / "prepared.json").read_text()), "twin_wheels": twin_wheels}
+    wheels of the same pins for the twin. Once per session: xdist workers that share this module's tests would
+    otherwise each run it, writing benchmarks/gpu/kit/ at the same time."""
+    def build(root: Path) -> None:
+        done = subprocess.run([PY, str(KIT_DIR / "prepare.py")], capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == 0, done.stdout + done.stderr
+        done = subprocess.run([PY, str(KIT_DIR / "prepare.py"), "--python-version", "3.11", "--wheels",
+                               str(root / "wheels"), "--wheels-only"], capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    root = build_once("gpu-kit", build)
+    return {"prepared": json.loads((KIT_DIR / "kit" / "prepared.json").read_text()), "twin_wheels": root / "wheels"}
 
 
 def _image_distributions() -> list[metadata.Distribution]:
@@ -170,18 +172,21 @@ def _top_levels(dist: metadata.Distribution) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Path:
-    """A venv whose site-packages holds links to the image's distributions only: the GPU machine's Python."""
-    root = tmp_path_factory.mktemp("image") / "venv"
-    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(root)], check=True)
-    site = next(root.glob("lib/python3*/site-packages"))
-    venv_site = Path(metadata.distribution("pyyaml").locate_file(""))
-    for dist in _image_distributions():
-        for name in _top_levels(dist):
-            source = venv_site / name
-            if source.exists() and not (site / name).exists():
-                (site / name).symlink_to(source)
-    return root / "bin" / "python"
+def image(build_once) -> Path:
+    """A venv whose site-packages holds links to the image's distributions only: the GPU machine's Python (once per
+    session; the twins only read it)."""
+    def build(folder: Path) -> None:
+        root = folder / "venv"
+        subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(root)], check=True)
+        site = next(root.glob("lib/python3*/site-packages"))
+        venv_site = Path(metadata.distribution("pyyaml").locate_file(""))
+        for dist in _image_distributions():
+            for name in _top_levels(dist):
+                source = venv_site / name
+                if source.exists() and not (site / name).exists():
+                    (site / name).symlink_to(source)
+
+    return build_once("gpu-image", build) / "venv" / "bin" / "python"
 
 
 def _twin_sets(tokenizer: Path) -> list[str]:

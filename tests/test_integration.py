@@ -3,9 +3,12 @@
     make test PYTEST_ARGS="-m integration"
 
 `llamafactory-cli train` (LoRA and full) and `swift sft` (LoRA and full) run the shipped configs with only
-CPU/tiny-model overrides (tiny model, a few steps, fp32, small batch) on the full GSM8K train split prepared
-by `sftpack prepare`; `lm_eval ... --tasks gsm8k-local --include_path eval_tasks` scores an adapter of each
-framework. The README's main job (`sftpack run`) is tested in test_pipeline.py.
+CPU/tiny-model overrides (tiny model, a few steps, fp32, small batch). The LoRA pair (conftest `lora_runs`, shared
+with test_evaluate) trains on the full GSM8K train split prepared by `sftpack prepare` (Swift keeps all 7,473 rows);
+the full pair on the 1,000-row sample shipped in the package (Swift keeps all 1,000). The real `lm_eval ... --tasks
+gsm8k-local --include_path eval_tasks` scores the adapter of each framework: lm-eval's own results of the runs
+`sftpack eval` makes (conftest `adapter_eval`, shared with test_evaluate). The README's main job (`sftpack run`) is
+tested in test_pipeline.py.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,9 @@ import pytest
 from sftpack import frameworks as fw
 
 pytestmark = pytest.mark.integration
-STEPS = 4
+STEPS = 4   # = conftest's LORA_STEPS
+# rows Swift must keep of the split each run trains on (truncation_strategy: right; the default 'delete' drops rows)
+SWIFT_ROWS = {"swift_lora": 7473, "swift_full": 1000}
 LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
@@ -32,26 +38,29 @@ def run(cmd: list[str], cwd: Path, env: dict, log: Path) -> float:
     return seconds
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model, workdir, env) -> dict[str, Path]:
-    """One run of each shipped config; {name: output folder}."""
-    root = tmp_path_factory.mktemp("runs")
-    outputs = {}
-    for name, config, build, overrides in (
-        ("lf_lora", fw.LF_LORA_CONFIG, fw.lf_train_cmd, fw.tiny_lf_overrides),
-        ("lf_full", fw.LF_FULL_CONFIG, fw.lf_train_cmd, fw.tiny_lf_overrides),
-        ("swift_lora", fw.SWIFT_LORA_CONFIG, fw.swift_sft_cmd, fw.tiny_swift_overrides),
-        ("swift_full", fw.SWIFT_FULL_CONFIG, fw.swift_sft_cmd, fw.tiny_swift_overrides),
-    ):
-        out = root / name
-        run(build(config, overrides(tiny_model, out, STEPS)), workdir, env, root / f"{name}.log")
-        outputs[name] = out
-    return outputs
+FULL = {"lf_full": (fw.LF_FULL_CONFIG, fw.lf_train_cmd, fw.tiny_lf_overrides),
+        "swift_full": (fw.SWIFT_FULL_CONFIG, fw.swift_sft_cmd, fw.tiny_swift_overrides)}
+
+
+@pytest.fixture
+def trained(request, build_once, tiny_model, sample_workdir, env) -> Callable[[str], Path]:
+    """`trained(name)`: the output folder of one run of a shipped config, each run once per session. The LoRA pair
+    is conftest's `lora_runs` (full split); each full run is launched here, on the sample, when a test first asks."""
+    def output(name: str) -> Path:
+        if name in FULL:
+            config, build, overrides = FULL[name]
+            return build_once(f"integration-{name}", lambda root: run(
+                build(config, overrides(tiny_model, root / "out", STEPS)), sample_workdir, env, root / "log")) / "out"
+        lora_runs = request.getfixturevalue("lora_runs")
+        assert lora_runs.steps == STEPS
+        return {"lf_lora": lora_runs.lf, "swift_lora": lora_runs.swift_out}[name]
+
+    return output
 
 
 @pytest.mark.parametrize("name", ["lf_lora", "lf_full"])
 def test_llamafactory_trains_from_shipped_config(trained, name):
-    out = trained[name]
+    out = trained(name)
     rows = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     log = [row for row in rows if "loss" in row]  # the last line is a summary without loss
     assert [row["current_steps"] for row in log] == list(range(1, STEPS + 1))
@@ -68,13 +77,13 @@ def test_llamafactory_trains_from_shipped_config(trained, name):
 
 @pytest.mark.parametrize("name", ["swift_lora", "swift_full"])
 def test_swift_trains_from_shipped_config(trained, name):
-    out = trained[name]
+    out = trained(name)
     rows = [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
     steps = [row for row in rows if "loss" in row and "global_step/max_steps" in row]
     assert [row["global_step/max_steps"] for row in steps] == [f"{i}/{STEPS}" for i in range(1, STEPS + 1)]
     assert all(math.isfinite(row["loss"]) and row["loss"] > 0 for row in steps)
     summary = next(row for row in rows if "train_dataset" in row)
-    assert "size=7473" in summary["train_dataset"], "Swift must keep every GSM8K row (truncation_strategy right)"
+    assert f"size={SWIFT_ROWS[name]}" in summary["train_dataset"], "Swift must keep every row (truncation right)"
     checkpoint = fw.last_checkpoint(out)
     assert checkpoint.name == f"checkpoint-{STEPS}"
     args = json.loads((out / "args.json").read_text())
@@ -87,17 +96,22 @@ def test_swift_trains_from_shipped_config(trained, name):
         assert (checkpoint / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("name", ["lf_lora", "swift_lora"])
-def test_lm_eval_scores_each_frameworks_adapter(trained, name, tiny_model, workdir, env, tmp_path):
-    adapter = trained[name] if name.startswith("lf") else fw.last_checkpoint(trained[name])
-    cmd = fw.lm_eval_cmd(tiny_model, ["gsm8k-local"], tmp_path / "eval", adapter=adapter, limit=3)
-    run(cmd, workdir, env, tmp_path / "lm_eval.log")
-    (results_file,) = (tmp_path / "eval").rglob("results_*.json")
-    results = json.loads(results_file.read_text())
+@pytest.mark.parametrize("name", ["lf", "swift"])
+def test_lm_eval_scores_each_frameworks_adapter(adapter_eval, lora_runs, name):
+    """The real `lm_eval --model hf --model_args pretrained=TINY,peft=ADAPTER --tasks gsm8k-local ... --include_path
+    eval_tasks --limit 3` on the adapter of each framework (as `sftpack eval` runs it): scores, shots, samples."""
+    assert adapter_eval.done.returncode == 0, adapter_eval.done.stdout[-3000:] + adapter_eval.done.stderr[-3000:]
+    adapter = getattr(lora_runs, name)
+    report = json.loads((adapter_eval.out / "eval.json").read_text(encoding="utf-8"))
+    (run,) = next(m for m in report["models"] if m["label"] == name)["runs"]
+    cmd = run["command"]
+    assert Path(cmd[0]).name == "lm_eval" and cmd[cmd.index("--model") + 1] == "hf"
+    assert "gsm8k-local" in cmd[cmd.index("--tasks") + 1].split(",")
+    assert cmd[cmd.index("--include_path") + 1] == str(fw.EVAL_TASKS)
+    results = json.loads(Path(run["results_file"]).read_text())
     scores = results["results"]["gsm8k-local"]
     for key in ("exact_match,strict-match", "exact_match,flexible-extract"):
         assert 0.0 <= scores[key] <= 1.0
     assert results["n-shot"]["gsm8k-local"] == 5
     assert results["config"]["model_args"]["peft"] == str(adapter)
     assert results["n-samples"]["gsm8k-local"]["effective"] == 3
-

@@ -261,16 +261,18 @@ def test_swift_sft_trains_beside_entries_it_cannot_serve(tiny_model, tmp_path, e
     assert "Traceback" not in output
     assert _snapshot(folder) == before  # the plugin reads only
 
-    for requested, words in (("gone", f"file not found: {folder / 'gone.jsonl'}"),
-                             ("pairs", "preference data (ranking: true)"),
-                             ("gsm8k_trian", "did you mean 'gsm8k_train'?")):
-        code, output, seconds = _swift(tiny_model, tmp_path, tmp_path / requested, env,
-                                       "--dataset", "gsm8k_train", requested)
-        errors = [line for line in output.splitlines() if line.startswith("sftpack: error:")]
-        assert code != 0 and len(errors) == 1, output[-3000:]
-        assert f"'{requested}'" in errors[0] and words in errors[0]
-        assert "Traceback" not in output and "model_kwargs" not in output  # stopped before the model loads
-        print(f"swift sft --dataset {requested}: exit {code} after {seconds:.1f} s: {errors[0]}")
+    # one run requesting a servable entry and three that cannot be served (a missing file, preference data, a typo):
+    # it fails at once with one line that names each of the three with its reason
+    refused = {"gone": f"file not found: {folder / 'gone.jsonl'}", "pairs": "preference data (ranking: true)",
+               "gsm8k_trian": "did you mean 'gsm8k_train'?"}
+    code, output, seconds = _swift(tiny_model, tmp_path, tmp_path / "refused", env,
+                                   "--dataset", "gsm8k_train", *refused)
+    errors = [line for line in output.splitlines() if line.startswith("sftpack: error:")]
+    assert code != 0 and len(errors) == 1, output[-3000:]
+    for requested, words in refused.items():
+        assert f"'{requested}'" in errors[0] and words in errors[0], (requested, errors[0])
+    assert "Traceback" not in output and "model_kwargs" not in output  # stopped before the model loads
+    print(f"swift sft --dataset gsm8k_train {' '.join(refused)}: exit {code} after {seconds:.1f} s: {errors[0]}")
     assert _snapshot(folder) == before
 
 
@@ -416,19 +418,20 @@ def test_a_pipeline_evaluates_with_the_chat_format_it_trains(tiny_model, tmp_pat
 
 
 @pytest.mark.integration
-def test_real_clis_train_with_the_switched_templates_system_prompt(tiny_model, workdir, tmp_path, env):
-    """`llamafactory-cli train template=chatml` and `swift sft --template chatml` on the shipped configs: the
-    training sample each prints carries no system prompt (the Qwen one was pinned before)."""
+def test_real_clis_train_with_the_switched_templates_system_prompt(tiny_model, sample_workdir, tmp_path, env):
+    """`llamafactory-cli train template=chatml` and `swift sft --template chatml` on the shipped configs (8 rows of
+    the shipped GSM8K sample): the training sample each prints carries no system prompt (the Qwen one was pinned
+    before)."""
     lf_cmd = fw.lf_train_cmd(fw.LF_LORA_CONFIG, fw.tiny_lf_overrides(tiny_model, tmp_path / "lf", steps=1,
                                                                       template="chatml", max_samples=8))
-    done = subprocess.run([str(c) for c in lf_cmd], cwd=workdir, env=env, capture_output=True, text=True,
+    done = subprocess.run([str(c) for c in lf_cmd], cwd=sample_workdir, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     shown = (done.stdout + done.stderr).split("inputs:\n", 1)[1]
     assert shown.startswith("<|im_start|>user\n") and "Qwen" not in shown.split("<|im_end|>")[0]
     swift_cmd = fw.swift_sft_cmd(fw.SWIFT_LORA_CONFIG, fw.tiny_swift_overrides(tiny_model, tmp_path / "sw", steps=1,
                                                                                template="chatml"))
-    done = subprocess.run([str(c) for c in swift_cmd] + ["--dataset", "gsm8k_test#8"], cwd=workdir, env=env,
+    done = subprocess.run([str(c) for c in swift_cmd] + ["--dataset", "gsm8k_test#8"], cwd=sample_workdir, env=env,
                           capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]

@@ -43,7 +43,7 @@ def test_every_shipped_pipeline_trains_both_frameworks_at_parity(path):
     """Config + overrides, normalised (sftpack.parity): the two trainings of a shipped pipeline differ in nothing
     that matters to the comparison -- hyper-parameters, lengths, dtype, packing, the batch sampler (LF's
     train_sampling_strategy vs Swift's group_by_length), seed, data, system prompt."""
-    from sftpack.parity import differences, load_yaml, normalise_lf, normalise_swift
+    from sftpack.parity import differences, normalise_lf, normalise_swift
     from sftpack.training import merged_config
 
     pipeline = load_pipeline(path)

@@ -56,22 +56,28 @@ def data_vars(shared_data) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, shared_data, tiny_model, data_vars):
-    """Every example recipe run once into one dataset_info folder, then the mixture: {name: result}."""
+def built(build_once, shared_data, tiny_model, data_vars):
+    """Every example recipe run once into one dataset_info folder, then the mixture: {name: result}. Built once per
+    session (the module's tests may run in both xdist workers; the results travel pickled); read-only."""
+    import pickle
+
     from sftpack.recipes.mixture import run_mixture
 
-    root = tmp_path_factory.mktemp("recipes")
-    out = root / "dataset_info"
-    results = {
-        "gsm8k_dedup_budget": run(RECIPES / "gsm8k_dedup_budget.yaml", out,
-                                  var_overrides={**data_vars, "tokenizer": str(tiny_model)}),
-        "cmmlu_mcq_epoch": run(RECIPES / "cmmlu_mcq_epoch.yaml", out,
-                               var_overrides={"cmmlu": str(shared_data / "cmmlu" / "test")}),
-        "en_zh_mix": run(RECIPES / "en_zh_mix.yaml", out, var_overrides=data_vars),
-        "gsm8k_math_quota": run(RECIPES / "gsm8k_math_quota.yaml", out, var_overrides=data_vars),
-    }
-    results["math_mix"] = run_mixture(RECIPES / "math_mix.yaml", out)
-    return {"root": root, "out": out, **results}
+    def build(root: Path) -> None:
+        out = root / "dataset_info"
+        results = {
+            "gsm8k_dedup_budget": run(RECIPES / "gsm8k_dedup_budget.yaml", out,
+                                      var_overrides={**data_vars, "tokenizer": str(tiny_model)}),
+            "cmmlu_mcq_epoch": run(RECIPES / "cmmlu_mcq_epoch.yaml", out,
+                                   var_overrides={"cmmlu": str(shared_data / "cmmlu" / "test")}),
+            "en_zh_mix": run(RECIPES / "en_zh_mix.yaml", out, var_overrides=data_vars),
+            "gsm8k_math_quota": run(RECIPES / "gsm8k_math_quota.yaml", out, var_overrides=data_vars),
+        }
+        results["math_mix"] = run_mixture(RECIPES / "math_mix.yaml", out)
+        (root / "results.pickle").write_bytes(pickle.dumps(results))
+
+    root = build_once("recipes", build)
+    return {"root": root, "out": root / "dataset_info", **pickle.loads((root / "results.pickle").read_bytes())}
 
 
 # ---------------------------------------------------------------------------------------------- examples
@@ -317,13 +323,13 @@ def test_swift_loads_every_recipe_output_under_the_same_name(built, monkeypatch)
 
 
 @pytest.mark.integration
-def test_llamafactory_trains_on_the_mixture(built, tiny_model, env):
+def test_llamafactory_trains_on_the_mixture(built, tiny_model, env, tmp_path):
     """`llamafactory-cli train` with the mixture's own keys (interleaving an alpaca and a messages dataset)."""
-    out = built["root"] / "lf_mix"
+    out = tmp_path / "lf_mix"
     overrides = {**fw.TINY_CPU_LF, "model_name_or_path": tiny_model, "output_dir": out, "max_steps": 2,
                  "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "logging_steps": 1,
                  "save_steps": 2, "cutoff_len": 256, **built["math_mix"].llamafactory}
-    fw.run_logged(fw.lf_train_cmd(fw.LF_LORA_CONFIG, overrides), built["root"], env, built["root"] / "lf.log",
+    fw.run_logged(fw.lf_train_cmd(fw.LF_LORA_CONFIG, overrides), built["root"], env, tmp_path / "lf.log",
                   echo=False)
     log = [json.loads(line) for line in (out / "trainer_log.jsonl").open()]
     assert log[-1]["current_steps"] == 2 and all(entry["loss"] > 0 for entry in log if "loss" in entry)

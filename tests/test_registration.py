@@ -23,7 +23,7 @@ def test_our_key_sets_are_llamafactorys():
     assert dataset_info.FORMATTINGS == DatasetAttr.__annotations__["formatting"].__args__
 
 
-def test_llamafactory_loader_reads_prepared_entries(workdir, tiny_model):
+def test_llamafactory_loader_reads_prepared_entries(workdir, tiny_model, tmp_path):
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.data.parser import get_dataset_list
     from llamafactory.hparams import get_train_args
@@ -36,7 +36,7 @@ def test_llamafactory_loader_reads_prepared_entries(workdir, tiny_model):
     model_args, data_args, training_args, _, _ = get_train_args({
         "model_name_or_path": str(tiny_model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
         "dataset": "gsm8k_test", "dataset_dir": str(workdir / "dataset_info"), "template": "qwen",
-        "cutoff_len": 2048, "output_dir": str(workdir / "lf_out"), "preprocessing_num_workers": 1,
+        "cutoff_len": 2048, "output_dir": str(tmp_path / "lf_out"), "preprocessing_num_workers": 1,
         "overwrite_cache": True})
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     template = get_template_and_fix_tokenizer(tokenizer, data_args)

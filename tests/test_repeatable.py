@@ -54,18 +54,6 @@ FRAMEWORKS = {
 RUNS = [(name, i) for name in FRAMEWORKS for i in (1, 2)]
 
 
-@pytest.fixture(scope="module")
-def sample_workdir(tmp_path_factory) -> Path:
-    """The frameworks' cwd: dataset_info/ with the GSM8K sample shipped in the package (1,000 train rows)."""
-    from sftpack.convert import prepare
-    from sftpack.converters import CONVERTERS
-    from sftpack.samples import sample_dir
-
-    root = tmp_path_factory.mktemp("repeatable_work")
-    prepare(CONVERTERS["gsm8k"], str(sample_dir("gsm8k")), root / "dataset_info", progress=False)
-    return root
-
-
 def loss_curve(name: str, output_dir: Path) -> list[tuple[str, float]]:
     _, log_name, step_key, _ = FRAMEWORKS[name]
     rows = [json.loads(line) for line in (output_dir / log_name).read_text().splitlines()]
@@ -73,28 +61,30 @@ def loss_curve(name: str, output_dir: Path) -> list[tuple[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model, sample_workdir, env) -> dict[tuple[str, int], Path]:
-    """Both frameworks, two runs each, all four at once; {(framework, run): output folder}."""
-    root = tmp_path_factory.mktemp("repeatable")
+def trained(build_once, tiny_model, sample_workdir, env) -> dict[tuple[str, int], Path]:
+    """Both frameworks, two runs each, all four at once, once per session (the tests may run in two xdist workers);
+    on the shipped 1,000-row GSM8K sample (conftest's `sample_workdir`); {(framework, run): output folder}."""
+    def build(root: Path) -> None:
+        def train(key: tuple[str, int]) -> None:
+            name, i = key
+            config = FRAMEWORKS[name][0]
+            overrides = {**fw.adapter(name).tiny_cpu, "max_steps": STEPS, "per_device_train_batch_size": 2,
+                         "gradient_accumulation_steps": 1, "logging_steps": 1, "save_steps": STEPS}
+            job = TrainJob(framework=name, config=config, overrides=overrides, model=tiny_model,
+                           output_dir=root / f"{name}_{i}", cwd=sample_workdir,
+                           record_dir=root / f"{name}_{i}_record", cache=root / f"cache_{name}_{i}", base_env=env,
+                           timeout_s=600)
+            result = run_training(job)
+            assert result.status == "ok", result.log_tail
+            assert result.repeatability["data_seed"] == SEED and result.repeatability["threads"]
 
-    def train(key: tuple[str, int]) -> Path:
-        name, i = key
-        config = FRAMEWORKS[name][0]
-        overrides = {**fw.adapter(name).tiny_cpu, "max_steps": STEPS, "per_device_train_batch_size": 2,
-                     "gradient_accumulation_steps": 1, "logging_steps": 1, "save_steps": STEPS}
-        job = TrainJob(framework=name, config=config, overrides=overrides, model=tiny_model,
-                       output_dir=root / f"{name}_{i}", cwd=sample_workdir, record_dir=root / f"{name}_{i}_record",
-                       cache=root / f"cache_{name}_{i}", base_env=env, timeout_s=600)
-        result = run_training(job)
-        assert result.status == "ok", result.log_tail
-        assert result.repeatability["data_seed"] == SEED and result.repeatability["threads"]
-        return job.output_dir
+        started = time.perf_counter()
+        with ThreadPoolExecutor(len(RUNS)) as pool:
+            list(pool.map(train, RUNS))
+        print(f"4 trainings, concurrently: {time.perf_counter() - started:.1f} s wall")
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(len(RUNS)) as pool:
-        outputs = dict(zip(RUNS, pool.map(train, RUNS)))
-    print(f"4 trainings, concurrently: {time.perf_counter() - started:.1f} s wall")
-    return outputs
+    root = build_once("repeatable", build)
+    return {(name, i): root / f"{name}_{i}" for name, i in RUNS}
 
 
 @pytest.mark.parametrize("name", list(FRAMEWORKS))

@@ -3,10 +3,15 @@
     .venv/bin/python -m pytest tests/test_sweep.py -m "not integration"   # stats, schema, keys, report (~10 s)
     .venv/bin/python -m pytest tests/test_sweep.py                        # + the CPU example through the real CLIs
 
-The integration test runs benchmarks/sweeps/cpu_example.yaml (tiny model, 2 learning rates x {LoRA, full} x both
-frameworks, 4 steps, 3 questions) plus one cell that fails, through `python -m sftpack.sweep`: killed with SIGTERM
-after its first cell, resumed with --max-cells 2 (the finished cell is not redone), then finished; the report has
-the table (Markdown, JSON, CSV), the plots and the transfer section, and the failed cell is recorded.
+The integration test runs benchmarks/sweeps/cpu_example.yaml (tiny model, 4 steps, 3 questions) with the smallest
+grid that shows every part of a sweep: LLaMA-Factory with 2 learning rates x {LoRA, full} (a LoRA -> full transfer
+needs two of each), ms-swift with one LoRA and one full cell on the same axes as LLaMA-Factory's (both frameworks'
+configs for both methods, the paired framework comparison), plus one cell that fails; through
+`python -m sftpack.sweep`: killed with SIGTERM after its first cell, resumed with --max-cells 2 (the finished cell is
+not redone), then finished; the report has the table (Markdown, JSON, CSV), the plots, the paired framework section
+and the transfer section, and the failed cell is recorded. (Transfer's grouping is the same code for every
+framework: the synthetic report test checks it per framework, this one that real cells of both frameworks carry the
+method and learning rate it groups on.)
 """
 
 from __future__ import annotations
@@ -229,9 +234,14 @@ def _done(out: Path, cell: str) -> Path:
 
 @pytest.mark.integration
 def test_cpu_example_runs_is_killed_resumes_and_records_a_failed_cell(tmp_path, env):
-    data = _example()
-    data["grid"].append({"framework": ["llamafactory"], "method": ["lora"], "learning_rate": [1.0e-3],
-                         "lr_scheduler_type": ["no_such_schedule"]})       # fails at LF's argument parsing
+    """The example's base, overrides, eval and configs on 6 cells + 1 failing (the shipped grid's 8 cells, less the
+    2 Swift cells that would only repeat a transfer already shown by LLaMA-Factory's 4)."""
+    data = _example(grid=[{"framework": ["llamafactory"], "method": ["lora"], "learning_rate": [1.0e-3, 1.0e-2]},
+                          {"framework": ["llamafactory"], "method": ["full"], "learning_rate": [1.0e-4, 1.0e-3]},
+                          {"framework": ["swift"], "method": ["lora"], "learning_rate": [1.0e-3]},
+                          {"framework": ["swift"], "method": ["full"], "learning_rate": [1.0e-4]},
+                          {"framework": ["llamafactory"], "method": ["lora"], "learning_rate": [1.0e-3],
+                           "lr_scheduler_type": ["no_such_schedule"]}])    # fails at LF's argument parsing
     sweep_file = _write(tmp_path, data)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "sftpack.sweep", str(sweep_file), "--out", str(out)]
@@ -253,7 +263,7 @@ def test_cpu_example_runs_is_killed_resumes_and_records_a_failed_cell(tmp_path, 
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"{first} -- unchanged, skipped" in resumed.stdout
     assert f"{second} -- started before but not finished" in resumed.stdout
-    assert "2 cell(s) ran" in resumed.stdout and "6 left (--max-cells)" in resumed.stdout
+    assert "2 cell(s) ran" in resumed.stdout and "4 left (--max-cells)" in resumed.stdout
     assert _done(out, first).stat().st_mtime_ns == finished_at
 
     final = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -261,16 +271,23 @@ def test_cpu_example_runs_is_killed_resumes_and_records_a_failed_cell(tmp_path, 
     assert _done(out, first).stat().st_mtime_ns == finished_at
     table = json.loads((out / "report" / "table.json").read_text(encoding="utf-8"))
     status = {r["cell"]: r["status"] for r in table["rows"]}
-    assert len(status) == 9 and status.pop(
+    assert len(status) == 7 and status.pop(
         "llamafactory_lora_learning_rate-0.001_lr_scheduler_type-no_such_schedule") == "failed"
     assert set(status.values()) == {"ok"}
-    for row in table["rows"]:
-        if row["status"] == "ok":
-            assert row["primary"]["n"] == 3 and row["primary"]["method"] == "wilson"
-            assert row["train_wall_s"] > 0 and row["peak_rss_mib"] > 0 and row["final_loss"] is not None
-    assert {t["group"]["framework"] for t in table["transfer"]} == set(fw.FRAMEWORKS)
+    ok = [row for row in table["rows"] if row["status"] == "ok"]
+    assert {(row["framework"], row["method"]) for row in ok} == {(f, m) for f in fw.FRAMEWORKS for m in ("lora", "full")}
+    for row in ok:
+        assert row["primary"]["n"] == 3 and row["primary"]["method"] == "wilson"
+        assert row["train_wall_s"] > 0 and row["peak_rss_mib"] > 0 and row["final_loss"] is not None
+        assert row["learning_rate"] == row["axes"]["learning_rate"]     # what transfer groups on, both frameworks
+    (lf,) = table["transfer"]   # Swift has one learning rate per method here: no transfer to compute
+    assert lf["group"]["framework"] == "llamafactory"
+    assert lf["lora_learning_rates"] == [1.0e-3, 1.0e-2] and lf["full_learning_rates"] == [1.0e-4, 1.0e-3]
+    assert {tuple(sorted(p["axes"].items())) for p in table["framework_pairs"]} == {
+        (("learning_rate", 1.0e-3), ("method", "lora")), (("learning_rate", 1.0e-4), ("method", "full"))}
     report = (out / "report" / "report.md").read_text(encoding="utf-8")
-    assert "## Transfer: LoRA -> full fine-tuning" in report and "| 9 |" in report
+    for expected in ("## Transfer: LoRA -> full fine-tuning", "## Frameworks on the same cell (paired)", "| 7 |"):
+        assert expected in report, expected
     for name in ("table.md", "table.csv", "score.png", "cost.png"):
         assert (out / "report" / name).is_file(), name
     rebuilt = subprocess.run(cmd + ["--report-only"], capture_output=True, text=True, env=env, timeout=120)

@@ -99,27 +99,26 @@ def _value(data, path):
 
 
 @pytest.mark.integration
-def test_bench_and_pipeline_write_the_same_result_schema(tmp_path):
-    from sftpack.bench.runner import run_suite
-    from sftpack.pipeline.cli import run_pipeline
+def test_bench_and_pipeline_write_the_same_result_schema(tmp_path, bench_session):
+    """lf_lora and swift_lora (3 steps) through `sftpack bench` (conftest's `bench_session`, shared with test_bench)
+    and the same tiny trainings through `sftpack run`'s stages up to training (model, data, train_llamafactory,
+    train_swift; its eval and report stages only read result.json): the same keys and measurements."""
+    from sftpack.pipeline.schema import load_pipeline
+    from sftpack.pipeline.stages import run_stages
+    from sftpack.pipeline.steps import stages
 
-    suite = yaml.safe_load((fw.REPO_ROOT / "benchmarks" / "suites" / "cpu_tiny.yaml").read_text())
-    suite["runs"] = [r for r in suite["runs"] if r["name"] in ("lf_lora", "swift_lora")]
-    for run in suite["runs"]:
-        run["overrides"] = {"max_steps": 3, "save_steps": 3}
-    suite["defaults"]["repeats"] = 1
-    suite.pop("overhead")
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
-    session_dir, _ = run_suite(tmp_path / "s.yaml", tmp_path / "results", tmp_path / "work")
-    bench = {name: read_json(session_dir / f"{name}-r1" / "result.json") for name in ("lf_lora", "swift_lora")}
+    assert bench_session.first is not None, bench_session.done.stdout[-3000:] + bench_session.done.stderr[-3000:]
+    bench = {name: read_json(bench_session.first / f"{name}-r1" / "result.json") for name in ("lf_lora", "swift_lora")}
 
     pipeline = yaml.safe_load((fw.REPO_ROOT / "benchmarks" / "pipelines" / "tiny_cpu.yaml").read_text())
     pipeline["model"] = {"build_shape": "tiny", "seed": 0}
     for train in pipeline["train"]:
         train["overrides"].update(max_steps=3, save_steps=3, logging_steps=1)
-    pipeline["eval"].update(limit=1, gen_kwargs="max_gen_toks=8")
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(pipeline))
-    run_pipeline(tmp_path / "p.yaml", tmp_path / "out")
+    spec = load_pipeline(tmp_path / "p.yaml")
+    records = run_stages([s for s in stages(spec, verbose=False) if s.name not in ("eval", "report")],
+                         tmp_path / "out", parallel=spec.parallel)
+    assert list(records) == ["model", "data", "train_llamafactory", "train_swift"]
     piped = {f: read_json(tmp_path / "out" / f"train_{f}" / "result.json") for f in ("llamafactory", "swift")}
 
     assert _keys(bench["lf_lora"]) == _keys(piped["llamafactory"])

@@ -10,10 +10,12 @@ who never saw the checkout would, from an empty folder outside the repository.
    path (so .venv's own .pth files, the editable install's among them, are not read). The frameworks' console scripts
    are .venv's with FRESH's python in their first line, as pip would write them in FRESH.
 2. From an empty folder: `sftpack init`, `sftpack prepare` on the copied GSM8K sample, `sftpack tiny-model`,
-   2 steps of `llamafactory-cli train` and of `swift sft` on the copied configs as written (dataset_dir and the Swift
-   plugin resolve against that folder) with only CPU / tiny-model overrides, `lm_eval --include_path eval_tasks` on
-   the LoRA adapter (limit 2), and `sftpack run` of a copied pipeline (2 steps, 1 question) whose model and configs
-   resolve against its own folder.
+   2 steps of `llamafactory-cli train` and of `swift sft` on the copied LoRA configs as written (dataset_dir and the
+   Swift plugin resolve against that folder) with only CPU / tiny-model overrides, and `sftpack run` of a copied
+   pipeline (2 steps, 1 question) whose model, full-training configs and task folder resolve against its own folder:
+   its eval stage is FRESH's `lm_eval --include_path <folder>/eval_tasks` on the base and both trained models, with
+   the copied 0-shot chat task and the copied 5-shot `gsm8k-local` (one lm_eval process per model proves both, so no
+   separate `lm_eval` launch is needed).
 """
 
 from __future__ import annotations
@@ -143,14 +145,7 @@ def test_from_an_empty_folder_init_prepare_train_eval_run(fresh, tmp_path_factor
                                      "import sftpack; print(sftpack.__file__)"], cwd=work, env=env, text=True)
     assert Path(found.strip()).is_relative_to(fresh["site"]), "Swift's plugin would import another sftpack"
 
-    _run([bin_ / "lm_eval", "--model", "hf", "--model_args", "pretrained=model,peft=saves/lf", "--tasks",
-          "gsm8k-local", "--include_path", "eval_tasks", "--limit", "2", "--device", "cpu", "--output_path",
-          "evals/lm_eval"], work, env, logs / "lm_eval.log")
-    (results,) = (work / "evals" / "lm_eval").rglob("results_*.json")
-    results = json.loads(results.read_text())
-    assert results["n-samples"]["gsm8k-local"]["effective"] == 2 and results["n-shot"]["gsm8k-local"] == 5
-
-    # a copied pipeline: its model, configs and outputs resolve against its folder and the current one
+    # a copied pipeline: its model, configs, task folder and outputs resolve against its folder and the current one
     sftpack("cp", "benchmarks/pipelines/tiny_cpu.yaml", "benchmarks/pipelines/quick.yaml", log="cp")
     path = work / "benchmarks" / "pipelines" / "quick.yaml"
     data = yaml.safe_load(path.read_text())
@@ -159,11 +154,22 @@ def test_from_an_empty_folder_init_prepare_train_eval_run(fresh, tmp_path_factor
         length = "cutoff_len" if train["framework"] == "llamafactory" else "max_length"
         train["overrides"].update(max_steps=STEPS, logging_steps=1, save_steps=STEPS, per_device_train_batch_size=2,
                                   **{length: 256})
-    data["eval"].update(limit=1, gen_kwargs="max_gen_toks=8")
+    assert data["eval"]["include_path"] == "../../eval_tasks"          # as shipped: the folder beside the configs
+    data["eval"].update(limit=1, gen_kwargs="max_gen_toks=8", tasks=["gsm8k-local-chat", "gsm8k-local"])
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     sftpack("run", "benchmarks/pipelines/quick.yaml", "--offline", log="run")
     out = work / "runs" / "pipelines" / "quick"
     assert (out / "report" / "report.md").is_file() and (out / "eval" / "eval.json").is_file()
+    # the eval stage: the user's lm_eval (FRESH's script) with --include_path on the copied task folder
+    models = json.loads((out / "eval" / "eval.json").read_text())["models"]
+    assert len(models) == 1 + len(fw.FRAMEWORKS)
+    for model in models:
+        (run,) = model["runs"]
+        cmd = run["command"]
+        assert cmd[0] == str(bin_ / "lm_eval") and cmd[cmd.index("--include_path") + 1] == str(work / "eval_tasks")
+        results = json.loads(Path(run["results_file"]).read_text())
+        for task, shots in (("gsm8k-local-chat", 0), ("gsm8k-local", 5)):
+            assert results["n-samples"][task]["effective"] == 1 and results["n-shot"][task] == shots, task
     commands = " ".join(" ".join(json.loads((out / f"train_{name}" / "result.json").read_text())["command"])
                         for name in fw.FRAMEWORKS)
     assert str(work / "train_configs" / "qwen_full_gsm8k.yaml") in commands, "the pipeline trained another config"

@@ -9,7 +9,7 @@
 | `base.py` | the Adapter interface: command, harness keys, environment, local-model flags, normalisation for the fairness check, speed options, log parsing, the trained model's folder |
 | `llamafactory.py`, `swift.py` | the two adapters; the only places that know a framework's CLI, flags, defaults and logs |
 | `logs.py` | TrainLog: what a run logged about itself, in one vocabulary |
-| `common.py` | repo paths, the offline environment, finding a CLI, `lm_eval`'s command, a logged runner |
+| `common.py` | repo paths, the offline environment, finding a CLI, the torchrun launch shape, a logged runner |
 
 No code outside this package branches on a framework's name (tests/test_training.py checks).
 """
@@ -33,7 +33,6 @@ from sftpack.frameworks.common import (
     executable,
     last_checkpoint,
     launch_shape,
-    lm_eval_cmd,
     offline_env,
     run_logged,
     text,
@@ -48,7 +47,7 @@ TINY_CPU_SWIFT = ADAPTERS["swift"].tiny_cpu
 
 __all__ = ["ADAPTERS", "Adapter", "EVAL_TASKS", "FRAMEWORKS", "LF_FULL_CONFIG", "LF_LORA_CONFIG", "REPO_ROOT",
            "SWIFT_FULL_CONFIG", "SWIFT_LORA_CONFIG", "SWIFT_PLUGIN", "TINY_CPU_LF", "TINY_CPU_SWIFT", "TRAIN_CONFIGS",
-           "adapter", "executable", "last_checkpoint", "launch_shape", "lf_train_cmd", "lm_eval_cmd", "offline_env",
+           "adapter", "executable", "last_checkpoint", "launch_shape", "lf_train_cmd", "offline_env",
            "run_logged",
            "swift_sft_cmd", "text", "tiny_lf_overrides", "tiny_overrides", "tiny_swift_overrides"]
 

@@ -99,19 +99,6 @@ def text(value: Any) -> str:
     return str(value)
 
 
-def lm_eval_cmd(model: Path | str, tasks: list[str], output_path: Path, adapter: Path | None = None,
-                limit: int | None = None, include_path: Path = EVAL_TASKS, device: str = "cpu",
-                batch_size: int | str = 1, extra: list[str] | None = None) -> list[str]:
-    """`lm_eval --model hf --model_args pretrained=MODEL[,peft=ADAPTER] --tasks ... --include_path ...`."""
-    model_args = f"pretrained={model}" + (f",peft={adapter}" if adapter else "")
-    cmd = [executable("lm_eval"), "--model", "hf", "--model_args", model_args, "--tasks", ",".join(tasks),
-           "--include_path", str(include_path), "--output_path", str(output_path), "--device", device,
-           "--batch_size", str(batch_size)]
-    if limit is not None:
-        cmd += ["--limit", str(limit)]
-    return cmd + (extra or [])
-
-
 def last_checkpoint(output_dir: Path) -> Path:
     """The highest `checkpoint-N` folder of a training run (Swift saves adapters only there)."""
     checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
