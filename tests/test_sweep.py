@@ -3,7 +3,8 @@
     .venv/bin/python -m pytest tests/test_sweep.py -m "not integration"   # stats, schema, keys, report (~10 s)
     .venv/bin/python -m pytest tests/test_sweep.py                        # + the CPU example through the real CLIs
 
-The integration test runs benchmarks/sweeps/cpu_example.yaml (tiny model, 4 steps, 3 questions) with the smallest
+The integration test runs benchmarks/sweeps/cpu_example.yaml (tiny model, 3 questions; here 3 steps of batch 2 on 8
+training rows: a cell's cost is the frameworks' and lm-eval's start-up, not its steps) with the smallest
 grid that shows every part of a sweep: LLaMA-Factory with 2 learning rates x {LoRA, full} (a LoRA -> full transfer
 needs two of each), ms-swift with one LoRA and one full cell on the same axes as LLaMA-Factory's (both frameworks'
 configs for both methods, the paired framework comparison), plus one cell that fails; through
@@ -242,6 +243,11 @@ def test_cpu_example_runs_is_killed_resumes_and_records_a_failed_cell(tmp_path, 
                           {"framework": ["swift"], "method": ["full"], "learning_rate": [1.0e-4]},
                           {"framework": ["llamafactory"], "method": ["lora"], "learning_rate": [1.0e-3],
                            "lr_scheduler_type": ["no_such_schedule"]}])    # fails at LF's argument parsing
+    # Less work per cell than the shipped example (which stays as it is): 8 training rows tokenised instead of 1,000
+    # (LF max_samples, Swift's `#8` sampling), 3 steps of batch 2 (step 1 is warm-up at lr 0: with 3 the last logged
+    # loss follows a step at the cell's learning rate); still a loss per step and a saved model.
+    data["overrides"]["llamafactory"].update(max_steps=3, per_device_train_batch_size=2, max_samples=8)
+    data["overrides"]["swift"].update(max_steps=3, per_device_train_batch_size=2, dataset=["gsm8k_train#8"])
     sweep_file = _write(tmp_path, data)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "sftpack.sweep", str(sweep_file), "--out", str(out)]
@@ -250,10 +256,11 @@ def test_cpu_example_runs_is_killed_resumes_and_records_a_failed_cell(tmp_path, 
     log = (tmp_path / "run1.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 400
-    while not (out / "cells" / second / "train_llamafactory").is_dir():   # the second cell's training started
+    # the second cell's training log: written just before its process starts; 1 s later it is importing
+    while not (out / "cells" / second / "train_llamafactory" / "stdout.log").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "run1.log").read_text()
-        time.sleep(0.5)
-    time.sleep(3)
+        time.sleep(0.2)
+    time.sleep(1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
     assert _done(out, first).is_file() and not _done(out, second).exists()
@@ -280,6 +287,7 @@ def test_cpu_example_runs_is_killed_resumes_and_records_a_failed_cell(tmp_path, 
         assert row["primary"]["n"] == 3 and row["primary"]["method"] == "wilson"
         assert row["train_wall_s"] > 0 and row["peak_rss_mib"] > 0 and row["final_loss"] is not None
         assert row["learning_rate"] == row["axes"]["learning_rate"]     # what transfer groups on, both frameworks
+        assert json.loads(_done(out, row["cell"]).read_text(encoding="utf-8"))["train"]["steps"] == 3
     (lf,) = table["transfer"]   # Swift has one learning rate per method here: no transfer to compute
     assert lf["group"]["framework"] == "llamafactory"
     assert lf["lora_learning_rates"] == [1.0e-3, 1.0e-2] and lf["full_learning_rates"] == [1.0e-4, 1.0e-3]

@@ -294,7 +294,8 @@ def train_job(pipeline: Pipeline, spec: TrainSpec, ctx: Context, fit_check: str 
     from sftpack.training import TrainJob
 
     folder = ctx.dir(spec.stage)
-    env = {} if pipeline.parallel <= 1 else {"OMP_NUM_THREADS": stage_threads(pipeline.parallel)}
+    threads = stage_threads(pipeline.parallel)
+    env = {} if pipeline.parallel <= 1 else {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     return TrainJob(framework=spec.framework, config=spec.config_path, overrides=dict(spec.overrides),
                     model=Path(ctx.outputs["model"]["path"]), output_dir=folder / "output",
                     cwd=Path(ctx.outputs["data"]["workdir"]), record_dir=folder, cache=folder / "cache",
@@ -410,7 +411,7 @@ def eval_stage(pipeline: Pipeline, verbose: bool = True):
         tuned = [f"{t.framework}={ctx.outputs[t.stage]['trained_model']}" for t in pipeline.train]
         env = _env(ctx, "eval", pipeline)
         if pipeline.parallel > 1:
-            env["OMP_NUM_THREADS"] = stage_threads(min(pipeline.parallel, len(labels)))
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = stage_threads(min(pipeline.parallel, len(labels)))
         if not verbose:
             print(f"eval: lm-eval's output -> {folder / 'logs'}", flush=True)
         try:
