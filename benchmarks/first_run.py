@@ -18,7 +18,8 @@ counts from pytest's last line. Nothing is asserted: the figures are the result,
 (load before > 0.5 per core, or a load after that says something else ran) is flagged in the report.
 
 Writes benchmarks/results/first_run/<UTC session>/result.json (schema_version 1) and report.md, rebuilt from
-result.json alone (`--report`).
+result.json alone (`--report`), the demo's own report folder (`demo_report/`: report.md, summary.json, plots) and
+the logs of each step.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def run(steps: list[str], here: bool, out_root: Path) -> Path:
                 record = timed(["make", "demo", f"DEMO_OUT={demo_out}"], checkout, logs / "demo.log", env)
                 if record["exit_code"] == 0:
                     record["figures"] = demo_figures(demo_out)
+                    shutil.copytree(demo_out / "report", session / "demo_report")   # report.md, summary.json, plots
             else:
                 record = timed(["make", "test"], checkout, logs / "test.log", env)
                 record["figures"] = test_figures(logs / "test.log")

@@ -496,7 +496,8 @@ def test_default_pipeline_end_to_end(tmp_path, capsys):
     end = printed[printed.index("sftpack run: tiny_cpu finished in"):]
     assert "train_llamafactory" in end and "format_rate: base 0.0 % -> llamafactory" in end
     assert f"report: {report / 'report.md'}" in end
-    assert set(eval_report["settings"]) >= {"parallel"} and eval_report["settings"]["parallel"] == 2
+    assert eval_report["settings"]["parallel"] == 3    # eval.parallel: the three lm-eval runs at once
+    assert {run["parallel"] for model in eval_report["models"] for run in model["runs"]} == {3}
     # a second run skips everything; --force report rebuilds only the report from the stored outputs
     again = run_pipeline(path, out, force=["report"])
     assert [n for n, r in again.items() if not r["skipped"]] == ["report"]

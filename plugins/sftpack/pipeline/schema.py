@@ -181,6 +181,8 @@ class EvalSpec:
     gen_kwargs: str | None = None     # lm-eval --gen_kwargs, e.g. "max_gen_toks=64"
     include_path: str | None = key(None, hint="a task folder, relative to the pipeline file (default: the tasks "
                                               "shipped with sftpack)")
+    parallel: int | None = key(None, ge=1, le=16, hint="lm-eval runs at the same time (default: the pipeline's "
+                                                       "`parallel`)")
     _at: At | None = field(default=None, repr=False, compare=False)   # its place: include_path resolves there
 
     def check(self, at: At) -> None:

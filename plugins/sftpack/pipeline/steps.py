@@ -355,6 +355,8 @@ def eval_inputs(pipeline: Pipeline) -> dict[str, Any]:
               "versions": versions(*EVAL_PACKAGES)}
     if spec.include_path is not None:
         inputs["include_path"] = str(spec.tasks_folder)
+    if eval_parallel(pipeline) > 1:   # the threads each lm-eval gets
+        inputs["parallel"] = eval_parallel(pipeline)
     return inputs
 
 
@@ -396,6 +398,11 @@ def _chat_tasks(pipeline: Pipeline, model: str, folder: Path) -> Path:
     return tasks
 
 
+def eval_parallel(pipeline: Pipeline) -> int:
+    """lm-eval runs at the same time: `eval.parallel`, else the pipeline's `parallel`."""
+    return pipeline.eval.parallel or pipeline.parallel
+
+
 def eval_stage(pipeline: Pipeline, verbose: bool = True):
     labels = ["base"] + [t.framework for t in pipeline.train]
 
@@ -406,12 +413,12 @@ def eval_stage(pipeline: Pipeline, verbose: bool = True):
         folder = ctx.dir("eval")
         settings = Settings(tasks=list(spec.tasks), limit=spec.limit, device=spec.device,
                             batch_size=str(spec.batch_size), dtype=spec.dtype, gen_kwargs=spec.gen_kwargs,
-                            workdir=ctx.outputs["data"]["workdir"], parallel=pipeline.parallel,
+                            workdir=ctx.outputs["data"]["workdir"], parallel=eval_parallel(pipeline),
                             include_path=str(_chat_tasks(pipeline, ctx.outputs["model"]["path"], folder)))
         tuned = [f"{t.framework}={ctx.outputs[t.stage]['trained_model']}" for t in pipeline.train]
         env = _env(ctx, "eval", pipeline)
-        if pipeline.parallel > 1:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = stage_threads(min(pipeline.parallel, len(labels)))
+        if eval_parallel(pipeline) > 1:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = stage_threads(min(eval_parallel(pipeline), len(labels)))
         if not verbose:
             print(f"eval: lm-eval's output -> {folder / 'logs'}", flush=True)
         try:
