@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -45,23 +44,16 @@ TARGETS_S = {"setup": 180, "demo": 300, "test": 300}    # issue 12: set-up <= 3 
 IDLE_LOAD_PER_CORE = 0.5
 
 
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def timed(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
+    """Run `cmd` in `cwd` with its output in `log` through sftpack's one measured runner (bench/monitor.py: its own
+    process group, wall, the CPU of its whole waited-for tree); plus the 1/5/15-min loads before and after."""
+    from sftpack.bench.monitor import run_measured
 
-
-def timed(cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> dict:
-    """Run `cmd` in `cwd` with its output in `log`; wall, CPU seconds of its whole tree, loads, exit code."""
     load_before = os.getloadavg()
-    cpu_before = _children_cpu_s()
-    started = time.monotonic()
-    with log.open("w", encoding="utf-8") as handle:
-        handle.write("$ " + " ".join(cmd) + f"\n# cwd: {cwd}\n")
-        handle.flush()
-        code = subprocess.run(cmd, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
-    wall = time.monotonic() - started
-    return {"command": " ".join(cmd), "exit_code": code, "wall_s": round(wall, 1),
-            "cpu_s": round(_children_cpu_s() - cpu_before, 1), "load_before": [round(x, 2) for x in load_before],
+    measured = run_measured(cmd, cwd, env, log, timeout_s=None, sample=False)
+    return {"command": " ".join(cmd), "exit_code": measured.exit_code, "wall_s": round(measured.wall_s, 1),
+            "cpu_s": round((measured.cpu_user_s or 0) + (measured.cpu_system_s or 0), 1),
+            "load_before": [round(x, 2) for x in load_before],
             "load_after": [round(x, 2) for x in os.getloadavg()], "log": str(log)}
 
 
@@ -137,12 +129,9 @@ def run(steps: list[str], here: bool, out_root: Path) -> Path:
     return session
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s"
-
-
 def render(result: dict) -> str:
+    from sftpack.pipeline.stages import clock
+
     cores = result["cores"] or 1
     lines = ["# First run: the README's commands, timed", "",
              f"{result['created_utc']}, git `{result['git_sha']}`, in {result['where']}, {cores} cores.", "",
@@ -151,7 +140,7 @@ def render(result: dict) -> str:
     flags = []
     for step, r in result["steps"].items():
         target = result["targets_s"].get(step)
-        lines.append(f"| {step} | `{r['command']}` | {_clock(r['wall_s'])} | {_clock(target) if target else ''} | "
+        lines.append(f"| {step} | `{r['command']}` | {clock(r['wall_s'])} | {clock(target) if target else ''} | "
                      f"{r['cpu_s']:.0f} | {' / '.join(map(str, r['load_before']))} | "
                      f"{' / '.join(map(str, r['load_after']))} | {r['exit_code']} |")
         if r["load_before"][0] > IDLE_LOAD_PER_CORE * cores:

@@ -448,6 +448,21 @@ def test_sigterm_while_both_trainings_run_at_once_ends_both_and_exits(tmp_path, 
     assert not (out / "train_llamafactory" / DONE).exists() and not (out / "train_swift" / DONE).exists()
 
 
+def test_report_says_whether_the_trainings_really_ran_together():
+    """With `parallel: 2`, a re-run that retrained one framework alone (the other reused) must not be reported as
+    two trainings at the same time: the report reads the stages' own done.json times."""
+    from sftpack.pipeline.report import _parallel_note, overlapped
+
+    together = {"train_a": {"finished_utc": "2026-12-01T08:03:00Z", "elapsed_s": 180.0},
+                "train_b": {"finished_utc": "2026-12-01T08:02:50Z", "elapsed_s": 170.0}}
+    alone = {**together, "train_b": {"finished_utc": "2026-12-01T07:00:00Z", "elapsed_s": 170.0}}
+    assert overlapped(together, ["train_a", "train_b"]) and not overlapped(alone, ["train_a", "train_b"])
+    summary = {"parallel": 2, "threads": {"a": "1", "b": "1"}, "run_wall_s": 190.0}
+    assert "ran at the same time" in _parallel_note({**summary, "trained_together": True})[0]
+    assert "not at the same time" in _parallel_note({**summary, "trained_together": False})[0]
+    assert _parallel_note({**summary, "parallel": 1}) == []
+
+
 # -- the default pipeline, end to end ---------------------------------------------------------------------
 @pytest.mark.integration
 def test_default_pipeline_end_to_end(tmp_path, capsys):
@@ -490,7 +505,7 @@ def test_default_pipeline_end_to_end(tmp_path, capsys):
     assert summary["stages"]["train_swift"]["elapsed_s"] == records["train_swift"]["elapsed_s"]
     assert "Random weights" in text and "format_rate" in text
     # the shipped default trains both frameworks at once (parallel: 2), and says so wherever times are shown
-    assert summary["parallel"] == 2 and "The train stages ran at the same time" in text
+    assert summary["parallel"] == 2 and summary["trained_together"] and "The train stages ran at the same time" in text
     assert summary["run_wall_s"] < summary["stages_wall_s"]
     # the one-screen summary at the end: time per stage, format rate base -> each framework, where the report is
     end = printed[printed.index("sftpack run: tiny_cpu finished in"):]

@@ -131,6 +131,7 @@ def build_summary(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
         "run_wall_s": round(time.monotonic() - ctx.started, 1),   # this run, before the report (skipped stages: 0)
         "parallel": pipeline.parallel,
         "threads": {t.framework: ctx.outputs[t.stage].get("threads") for t in pipeline.train},
+        "trained_together": overlapped(stages, [t.stage for t in pipeline.train]),
         "not_comparable": comparability,
         "environment": env,
     }
@@ -281,11 +282,30 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def overlapped(stages: dict[str, dict[str, Any]], names: list[str]) -> bool:
+    """Whether any two of the stages `names` ran at the same time, from their done.json records (finished_utc,
+    elapsed_s): with `parallel` a re-run may have trained one of them alone and reused the other."""
+    from datetime import datetime, timedelta
+
+    spans = []
+    for name in names:
+        if name in stages:
+            end = datetime.strptime(stages[name]["finished_utc"], "%Y-%m-%dT%H:%M:%SZ")
+            spans.append((end - timedelta(seconds=stages[name]["elapsed_s"]), end))
+    spans.sort()
+    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+
 def _parallel_note(summary: dict[str, Any]) -> list[str]:
-    """Said wherever times are shown when the trainings ran at the same time."""
+    """Said wherever times are shown when the trainings ran with `parallel`: at the same time, or (a re-run that
+    reused one of them) with the threads of a shared run but alone."""
     if (summary.get("parallel") or 1) <= 1:
         return []
     threads = ", ".join(f"{f}: {n}" for f, n in (summary.get("threads") or {}).items())
+    if not summary.get("trained_together", True):
+        return [f"**The train stages ran with `parallel: {summary['parallel']}` but not at the same time** (one was "
+                f"reused from an earlier run; CPU threads each: {threads}): each time is of a run with those threads, "
+                "not of a run with every core.", ""]
     return [f"**The train stages ran at the same time** (`parallel: {summary['parallel']}`; CPU threads each: "
             f"{threads}), so the stage times add up to more than the run took "
             f"({summary.get('run_wall_s', 0):.1f} s before the report). The two trainings' times compare with each "
@@ -296,7 +316,7 @@ def terminal_summary(summary: dict[str, Any], report: Path, wall_s: float) -> st
     """One screen at the end of `sftpack run`: time per stage, the format rate and exact match before and after,
     final losses, and where the report is."""
     lines = [f"sftpack run: {summary['pipeline']['name']} finished in {clock(wall_s)}"
-             + (f" (train stages {summary['parallel']} at a time)" if (summary.get("parallel") or 1) > 1 else "")]
+             + (f" (train stages {summary['parallel']} at a time)" if summary.get("trained_together") else "")]
     lines += ["  time:   " + ", ".join(f"{name} {clock(s['elapsed_s'])}" for name, s in summary["stages"].items())]
     values, base = summary["eval"]["values"], summary["eval"]["base_label"]
     limit = summary["eval"]["settings"].get("limit")
