@@ -80,7 +80,7 @@ def _tasks(text: str) -> list[str]:
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the `eval` options to `parser`."""
     from sftpack.evaluate.runner import DEFAULT_TASKS
-    from sftpack.frameworks import EVAL_TASKS
+    from sftpack.frameworks import EVAL_TASKS, LF_LORA_CONFIG, REPO_ROOT
 
     what = parser.add_argument_group("what to evaluate")
     what.add_argument("--model",
@@ -93,9 +93,20 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     what.add_argument("--no-base", action="store_true", help="do not evaluate --model itself (no delta column)")
     what.add_argument("--skip-base-check", action="store_true",
                       help="evaluate an adapter on --model even though its adapter_config.json names another base")
-    what.add_argument("--tasks", type=_tasks, default=list(DEFAULT_TASKS),
-                      help=f"comma-separated lm-eval tasks or groups (default: {','.join(DEFAULT_TASKS)}); "
-                           "see eval_tasks/README.md")
+    what.add_argument("--tasks", type=_tasks,
+                      help=f"comma-separated lm-eval tasks or groups (default: {','.join(DEFAULT_TASKS)}, none "
+                           "with --dataset); see eval_tasks/README.md")
+    what.add_argument("--dataset", type=_tasks, action="extend", default=[], metavar="NAME[,NAME...]",
+                      help="a dataset_info.json entry (alpaca or sharegpt, from `sftpack prepare`, a recipe or your "
+                           "own) to evaluate as it was trained: its task is generated into OUT/tasks/ (the prompt "
+                           "rendered by --train-config's framework, template and system prompt; exact match, "
+                           "token F1, ROUGE-L, or option-letter accuracy for multiple choice); repeatable")
+    what.add_argument("--train-config", metavar="CONFIG",
+                      help="with --dataset: the LLaMA-Factory or ms-swift training YAML whose template and system "
+                           f"prompt the model was trained with (default: {LF_LORA_CONFIG.relative_to(REPO_ROOT)})")
+    what.add_argument("--dataset-dir", metavar="DIR",
+                      help="with --dataset: the folder of its dataset_info.json (default: --train-config's "
+                           "dataset_dir, else dataset_info, against --workdir)")
     what.add_argument("--num-fewshot", "--num_fewshot", dest="num_fewshot", type=_shots, metavar="N[,N...]",
                       help="override the tasks' shot counts; several values = one lm-eval run each (default: "
                            "each task's own)")
@@ -180,7 +191,7 @@ def base_model(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from sftpack.evaluate.runner import CMMLU_KEY, Settings
+    from sftpack.evaluate.runner import CMMLU_KEY, DEFAULT_TASKS, Settings
 
     metadata = {}
     if args.metadata:
@@ -192,8 +203,10 @@ def settings_from_args(args: argparse.Namespace):
             raise SftpackError(f"--metadata must be a JSON object, got {args.metadata}")
     if args.cmmlu_dir:
         metadata[CMMLU_KEY] = str(Path(args.cmmlu_dir).expanduser().resolve())
+    tasks = args.tasks if args.tasks is not None else ([] if args.dataset else list(DEFAULT_TASKS))
     return Settings(
-        tasks=args.tasks, num_fewshot=args.num_fewshot, limit=args.limit, backend=args.backend, device=args.device,
+        tasks=tasks, datasets=list(args.dataset), train_config=args.train_config, dataset_dir=args.dataset_dir,
+        num_fewshot=args.num_fewshot, limit=args.limit, backend=args.backend, device=args.device,
         batch_size=args.batch_size, dtype=args.dtype, gen_kwargs=args.gen_kwargs, add_include=list(args.include_path),
         workdir=args.workdir, metadata=metadata, num_processes=args.num_processes,
         data_parallel_size=args.data_parallel_size, tensor_parallel_size=args.tensor_parallel_size,

@@ -233,7 +233,21 @@ def render_markdown(report: dict[str, Any]) -> str:
     for m in report["models"]:
         path = m["path"] + (f" (on {m['base']})" if m.get("base") else "")
         out.append(f"| {m['label']} | {m['kind']} | {path} | {sum(r['wall_s'] for r in m['runs']):.1f} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + generated_tasks_markdown(report.get("generated_tasks") or [])) + "\n"
+
+
+def generated_tasks_markdown(tasks: list[dict[str, Any]]) -> list[str]:
+    """The tasks `--dataset` generated: what each reads and how it prompts (lines of Markdown; none: [])."""
+    if not tasks:
+        return []
+    lines = ["", "Generated tasks (`--dataset`; each YAML's header has the `lm_eval` command that re-runs it):", "",
+             "| Task | Dataset | Kind | Documents | Dropped | Prompted as | Task file |", "|---|---|---|---:|---|---|---|"]
+    for t in tasks:
+        dropped = ", ".join(f"{n}: {reason}" for reason, n in t["dropped"].items()) or "none"
+        lines.append(f"| {t['task']} | {t['dataset']} ({t['formatting']}) | {t['kind'].replace('_', ' ')} | "
+                     f"{t['documents']} | {dropped} | {t['framework']} `{t['template']}` ({Path(t['config']).name}) | "
+                     f"{t['yaml']} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from sftpack import frameworks as fw
 from sftpack.artifacts import write_json, write_text
 from sftpack.bench.monitor import concurrently
 from sftpack.errors import SftpackError
+from sftpack.evaluate import dataset_task
 from sftpack.evaluate import results as res
 from sftpack.evaluate.models import EvalModel, plan, vllm_max_lora_rank
 from sftpack.locks import hold
@@ -47,6 +48,9 @@ class Settings:
     """Everything about a run except the models; stored in eval.json."""
 
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    datasets: list[str] = field(default_factory=list)   # dataset_info entries: tasks generated into OUT/tasks/
+    train_config: str | None = None           # their prompt's training config (default: the shipped LF LoRA one)
+    dataset_dir: str | None = None            # their dataset_info.json's folder (default: the config's dataset_dir)
     num_fewshot: list[int] | None = None      # None: each task's own; else one lm-eval run per value
     limit: int | float | None = None
     backend: str = "hf"
@@ -178,8 +182,23 @@ def run_eval(model: str, tuned: list[str], out: Path, settings: Settings, includ
     models = plan(model, tuned, settings.backend, include_base=include_base, skip_base_check=skip_base_check,
                   environ=env)
     folders = [Path(settings.include_path), *map(Path, settings.add_include)]
-    leaves = check_tasks(settings.tasks, folders, workdir, settings.metadata)
+    leaves = check_tasks(settings.tasks, folders, workdir, settings.metadata) if settings.tasks else {}
+    if settings.datasets:
+        resolve_dataset_settings(settings, workdir)
+        dataset_task.check(settings.datasets, Path(settings.dataset_dir), Path(settings.train_config))
+    if not settings.tasks and not settings.datasets:
+        raise SftpackError("nothing to evaluate: give --tasks and/or --dataset")
     with hold(out, "sftpack eval"):
+        generated = []
+        if settings.datasets:  # the tasks are written beside the run's outputs, then added like an --include_path
+            generated = dataset_task.generate(settings.datasets, Path(settings.dataset_dir),
+                                              Path(settings.train_config), settings.tokenizer or model,
+                                              fresh_folder(out / "tasks"))
+            names = [t.task for t in generated]
+            settings.add_include.append(str(out / "tasks"))
+            folders.append(out / "tasks")
+            leaves.update(check_tasks(names, [out / "tasks"], workdir, settings.metadata))
+            settings.tasks = [*settings.tasks, *names]
         if settings.add_include:   # lm-eval's CLI reads one --include_path: one folder holding them all
             settings.include_path = str(combine_task_folders(folders, out / "include_path"))
         per_model, model_records = _run_models(models, out, settings, env, echo)
@@ -189,6 +208,7 @@ def run_eval(model: str, tuned: list[str], out: Path, settings: Settings, includ
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "settings": asdict(settings),
             "task_leaves": leaves,
+            "generated_tasks": dataset_task.records(generated),
             "environment": environment(),
             "base_label": base_label,
             "models": model_records,
@@ -198,6 +218,31 @@ def run_eval(model: str, tuned: list[str], out: Path, settings: Settings, includ
         write_json(out / "eval.json", report, ensure_ascii=False)
         write_text(out / "eval.md", res.render_markdown(report))
     return report
+
+
+def resolve_dataset_settings(settings: Settings, workdir: Path) -> None:
+    """--train-config (default: the shipped LF LoRA config) and --dataset-dir (default: the config's dataset_dir,
+    else dataset_info/) as absolute paths, against `workdir`."""
+    from sftpack.parity import load_yaml
+
+    config = Path(settings.train_config).expanduser() if settings.train_config else fw.LF_LORA_CONFIG
+    if not config.is_absolute():
+        config = (Path.cwd() / config) if (Path.cwd() / config).exists() else workdir / config
+    settings.train_config = str(config.resolve())
+    if settings.dataset_dir:
+        folder = Path(settings.dataset_dir).expanduser()
+    else:
+        folder = Path(str(load_yaml(config).get("dataset_dir") or "dataset_info")) if config.is_file() \
+            else Path("dataset_info")
+    settings.dataset_dir = str(folder if folder.is_absolute() else (workdir / folder).resolve())
+
+
+def fresh_folder(folder: Path) -> Path:
+    """`folder` emptied: what a previous run generated there is replaced, never mixed with this run's."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def combine_task_folders(folders: list[Path], dest: Path) -> Path:

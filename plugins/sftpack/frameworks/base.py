@@ -32,7 +32,13 @@ class Sample:
 
     @classmethod
     def of(cls, input_ids: list[int], labels: list[int], decode: Callable[[list[int]], str]) -> "Sample":
-        start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+        """Split at the start of the last labelled run: with several assistant turns, everything before the last
+        answer (earlier turns included) is the prompt, as at inference on that turn."""
+        start = len(labels)
+        while start > 0 and labels[start - 1] == IGNORE_INDEX:
+            start -= 1
+        while start > 0 and labels[start - 1] != IGNORE_INDEX:
+            start -= 1
         return cls(list(input_ids), list(labels), decode(input_ids[:start]), decode(input_ids[start:]))
 
 
@@ -139,6 +145,11 @@ class Adapter:
         """`messages` (a leading system turn optional, the last turn the assistant's) encoded as this framework's
         training encodes them with `config`'s template and system prompt (its own, else the template's
         default), with the tokenizer of the model folder `tokenizer`."""
+        return self.encoder(config, tokenizer)(messages)
+
+    def encoder(self, config: Mapping[str, Any], tokenizer: Path | str) -> Callable[[list[dict[str, str]]], Sample]:
+        """`encode_sample` for many samples: the tokenizer and template are loaded once. A sample the framework
+        refuses (too long with Swift's `truncation_strategy: delete`) raises ValueError."""
         raise NotImplementedError
 
     # -- after the run -------------------------------------------------------------------------------------

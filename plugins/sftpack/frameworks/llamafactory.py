@@ -126,13 +126,12 @@ class LlamaFactory(Adapter):
     def normalise(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return parity.normalise_lf(config)
 
-    def encode_sample(self, config: Mapping[str, Any], tokenizer: Path | str,
-                      messages: list[dict[str, str]]) -> Sample:
-        """LF's training processor (SupervisedDatasetProcessor) on one sample, as `llamafactory-cli train` does.
+    def encoder(self, config: Mapping[str, Any], tokenizer: Path | str):
+        """LF's training processor (SupervisedDatasetProcessor), as `llamafactory-cli train` encodes each row.
 
         LF's `get_template_and_fix_tokenizer` writes `default_system` into its global TEMPLATES registry, so in
         one process a later config without `default_system` would inherit an earlier one's: the template is
-        rendered from a copy."""
+        rendered from a copy. A sample that reaches `cutoff_len` is refused (ValueError): LF truncates it."""
         import copy
 
         from llamafactory.data import template as lf_templates
@@ -141,8 +140,9 @@ class LlamaFactory(Adapter):
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(tokenizer))
+        cutoff = int(config.get("cutoff_len", 2048))
         data_args = DataArguments(template=config.get("template"), default_system=config.get("default_system"),
-                                  cutoff_len=int(config.get("cutoff_len", 2048)))
+                                  cutoff_len=cutoff)
         name = data_args.template
         registered = lf_templates.TEMPLATES.get(name) if name else None
         if registered is not None:
@@ -152,12 +152,18 @@ class LlamaFactory(Adapter):
         finally:
             if registered is not None:
                 lf_templates.TEMPLATES[name] = registered
-        system = messages[0]["content"] if messages[0]["role"] == "system" else ""
-        turns = messages[1:] if messages[0]["role"] == "system" else messages
         processor = SupervisedDatasetProcessor(template=template, tokenizer=tok, processor=None, data_args=data_args)
-        ids, labels = processor._encode_data_example(prompt=turns[:-1], response=turns[-1:], system=system, tools="",
-                                                     images=[], videos=[], audios=[])
-        return Sample.of(ids, labels, lambda part: tok.decode(part, skip_special_tokens=False))
+
+        def encode(messages: list[dict[str, str]]) -> Sample:
+            system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+            turns = messages[1:] if messages[0]["role"] == "system" else messages
+            ids, labels = processor._encode_data_example(prompt=turns[:-1], response=turns[-1:], system=system,
+                                                         tools="", images=[], videos=[], audios=[])
+            if len(ids) >= cutoff:
+                raise ValueError(f"{len(ids)} tokens reach cutoff_len {cutoff}: LLaMA-Factory truncates it")
+            return Sample.of(ids, labels, lambda part: tok.decode(part, skip_special_tokens=False))
+
+        return encode
 
     def speed_options(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return {"attention": config.get("flash_attn", "auto"),

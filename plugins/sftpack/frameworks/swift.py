@@ -123,9 +123,9 @@ class Swift(Adapter):
     def normalise(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return parity.normalise_swift(config)
 
-    def encode_sample(self, config: Mapping[str, Any], tokenizer: Path | str,
-                      messages: list[dict[str, str]]) -> Sample:
-        """Swift's template in training mode on one sample, as `swift sft` encodes a row."""
+    def encoder(self, config: Mapping[str, Any], tokenizer: Path | str):
+        """Swift's template in training mode, as `swift sft` encodes each row (a row too long for `max_length`
+        with truncation_strategy delete, Swift's default, is refused: ValueError, as Swift drops it)."""
         from swift.model import get_processor
         from swift.template import get_template
 
@@ -136,9 +136,16 @@ class Swift(Adapter):
                                 template_type=config.get("template"),
                                 truncation_strategy="raise" if strategy == "delete" else strategy)
         template.set_mode("train")
-        encoded = template.encode({"messages": [dict(message) for message in messages]})
-        return Sample.of(encoded["input_ids"], encoded["labels"],
-                         lambda part: processor.decode(part, skip_special_tokens=False))
+
+        def encode(messages: list[dict[str, str]]) -> Sample:
+            try:
+                encoded = template.encode({"messages": [dict(message) for message in messages]})
+            except Exception as err:  # noqa: BLE001 - Swift's MaxLengthError and its kin: the row is dropped
+                raise ValueError(f"Swift refuses it: {err}") from None
+            return Sample.of(encoded["input_ids"], encoded["labels"],
+                             lambda part: processor.decode(part, skip_special_tokens=False))
+
+        return encode
 
     def speed_options(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return {"attention": config.get("attn_impl") or "auto",
