@@ -74,7 +74,8 @@ def cmd_recipe(args: argparse.Namespace) -> int:
             print(f"{path}: ok")
             continue
         if mixture:
-            result = mixlib.run_mixture(path, args.out, own, overwrite=args.overwrite)
+            result = mixlib.run_mixture(path, args.out, own, overwrite=args.overwrite,
+                                        allow_overlap=args.allow_overlap)
             print(f"{path}: mixture -> {result.file.resolve()}")
             for command in result.commands():
                 print(f"  {command}")

@@ -291,18 +291,40 @@ class Recipe:
 
 @dataclass(kw_only=True)
 class Mixture:
-    """Weights over dataset_info names -> LLaMA-Factory `dataset`/`mix_strategy`/`interleave_probs` and the
-    Swift `name#N` form of the same mix, written to `<out>/<name>.mix.yaml`."""
+    """A mixture over dataset_info names, written to `<out>/<name>.mix.yaml`.
+
+    `mode: probability` (the default): weights -> LLaMA-Factory `dataset`/`mix_strategy`/`interleave_probs` and
+    the Swift `name#N` form of the same mix (rows drawn at random, so a batch's composition varies).
+    `mode: per_batch`: `batch` quotas -> one JSON-lines dataset `<name>.jsonl` (+ its dataset_info entry) whose
+    every block of B = sum(quotas) consecutive rows holds each set's quota, and the keys that keep that order
+    in each framework (see `sftpack.recipes.mixture`)."""
 
     name: str
-    datasets: dict[str, float]
+    mode: Literal["probability", "per_batch"] = "probability"
+    # mode: probability
+    datasets: dict[str, float] = field(default_factory=dict)   # dataset_info names: relative weights
     total: int | None = None          # rows in the mix (Swift counts); default: the most without repeats
     strategy: Literal["interleave_under", "interleave_over"] = "interleave_under"
+    # mode: per_batch
+    batch: dict[str, int] = field(default_factory=dict)        # dataset_info names: rows in every global batch
+    global_batch_size: int | None = None          # B, if given: must equal the sum of the quotas (a typo guard)
+    per_device_train_batch_size: int | None = None   # micro-batch; default B (gradient_accumulation_steps 1)
+    world_size: int = 1               # processes (GPUs) the keys are written for: per_device x accumulation x world = B
+    seed: int = 0                     # which rows land in which block, and their places inside it
     _where: Any = None
 
     def __post_init__(self):
         if not NAME_RE.match(self.name):
             raise SftpackError(f"mixture name {self.name!r} must be letters, digits, '_', '.', '-'")
+        if self.mode == "per_batch":
+            self._check_per_batch()
+            return
+        stray = [k for k in ("batch", "global_batch_size", "per_device_train_batch_size")
+                 if getattr(self, k) not in ({}, None)] + [k for k, default in (("world_size", 1), ("seed", 0))
+                                                           if getattr(self, k) != default]
+        if stray:
+            raise SftpackError(f"{stray} belong to `mode: per_batch`; this mixture is `mode: probability` "
+                               "(weights in `datasets`)")
         if len(self.datasets) < 2:
             raise SftpackError(f"'datasets' needs at least two names, got {list(self.datasets)}")
         bad = {k: v for k, v in self.datasets.items() if not v > 0}
@@ -310,6 +332,49 @@ class Mixture:
             raise SftpackError(f"weights must be > 0, got {bad}")
         if self.total is not None and self.total < 1:
             raise SftpackError(f"'total' must be >= 1, got {self.total}")
+
+    @property
+    def batch_size(self) -> int:
+        """B, the global batch of a per_batch mixture: the sum of the quotas."""
+        return sum(self.batch.values())
+
+    def _check_per_batch(self) -> None:
+        stray = [k for k in ("datasets", "total") if getattr(self, k) not in ({}, None)]
+        if self.strategy != "interleave_under":
+            stray.append("strategy")
+        if stray:
+            raise SftpackError(f"{stray} belong to `mode: probability`; `mode: per_batch` takes `batch: "
+                               "{name: rows per batch, ...}`")
+        if len(self.batch) < 2:
+            raise SftpackError(f"'batch' needs at least two names with their rows per batch, got {self.batch}")
+        bad = {k: v for k, v in self.batch.items() if v < 1}
+        if bad:
+            raise SftpackError(f"batch quotas must be integers >= 1, got {bad}")
+        size = self.batch_size
+        if self.global_batch_size is not None and self.global_batch_size != size:
+            raise SftpackError(f"the batch quotas {self.batch} sum to {size}, not global_batch_size "
+                               f"{self.global_batch_size}; fix one of them")
+        if self.world_size < 1:
+            raise SftpackError(f"'world_size' must be >= 1, got {self.world_size}")
+        micro = self.per_device_train_batch_size
+        if micro is None:
+            micro = size // self.world_size
+            if micro * self.world_size != size:
+                raise SftpackError(f"the global batch {size} does not split over world_size {self.world_size}: "
+                                   "set per_device_train_batch_size (per_device x accumulation x world = "
+                                   f"{size})")
+        if micro < 1 or size % (micro * self.world_size):
+            raise SftpackError(f"per_device_train_batch_size {micro} x world_size {self.world_size} does not divide "
+                               f"the global batch {size} (per_device x gradient_accumulation_steps x world = B); "
+                               f"divisors of {size}: {[d for d in range(1, size + 1) if size % d == 0]}")
+
+    @property
+    def micro_batch(self) -> int:
+        return self.per_device_train_batch_size or self.batch_size // self.world_size
+
+    @property
+    def accumulation(self) -> int:
+        return self.batch_size // (self.micro_batch * self.world_size)
 
 
 # ---------------------------------------------------------------------------------------------- vars
