@@ -13,12 +13,16 @@ Folder layouts read (the user brings the CSVs; nothing is downloaded):
   `question,A,B,C,D,answer` per line.
 Both become rows with CMMLU's column names (Question, A, B, C, D, Answer: a letter), which is what upstream's
 `cmmlu` prompt template reads. Errors name the file, the line and what to pass instead.
+
+eval_tasks/mmlu-local/mmlu_loader.py reads its CSVs through this module too (`read_subject` with its own
+`Family`: metadata key `mmlu_dir`), then turns the rows into upstream `mmlu`'s (cais/mmlu) columns.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import NamedTuple
 
 COLUMNS = ("Question", "A", "B", "C", "D", "Answer")
 LETTERS = ("A", "B", "C", "D")
@@ -26,13 +30,25 @@ SPLITS = ("dev", "test")
 METADATA_KEY = "cmmlu_dir"
 
 
-def _csv_file(root: Path, split: str, subject: str) -> Path:
+class Family(NamedTuple):   # not a dataclass: lm-eval runs this file before it is in sys.modules
+    """A task family reading such a CSV folder: its name and metadata key, as errors show them."""
+
+    task: str                 # "cmmlu-local"
+    key: str                  # the --metadata key naming the folder
+    what: str                 # what the folder holds, in words
+    sftpack_flag: str         # how `sftpack eval` passes it
+
+
+CMMLU = Family("cmmlu-local", METADATA_KEY, "CMMLU/MMLU CSVs", "--cmmlu-dir")
+
+
+def _csv_file(root: Path, split: str, subject: str, family: Family = CMMLU) -> Path:
     for name in (f"{subject}.csv", f"{subject}_{split}.csv"):
         path = root / split / name
         if path.is_file():
             return path
     raise FileNotFoundError(
-        f"cmmlu-local: no {split} CSV for subject '{subject}': looked for {root / split / (subject + '.csv')} "
+        f"{family.task}: no {split} CSV for subject '{subject}': looked for {root / split / (subject + '.csv')} "
         f"and {root / split / (subject + '_' + split + '.csv')}"
     )
 
@@ -63,26 +79,34 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def data_dir(metadata: dict) -> Path:
-    """The CSV folder named by `--metadata '{"cmmlu_dir": ...}'`, resolved against the current directory."""
-    configured = metadata.get(METADATA_KEY)
+def data_dir(metadata: dict, family: Family = CMMLU) -> Path:
+    """The CSV folder named by `--metadata '{"cmmlu_dir": ...}'` (`family.key`), resolved against the current
+    directory."""
+    configured = metadata.get(family.key)
     if not configured:
+        example = family.task.removesuffix("-local")
         raise FileNotFoundError(
-            "cmmlu-local needs the folder of your CMMLU/MMLU CSVs (with dev/ and test/): pass "
-            f"--metadata '{{\"{METADATA_KEY}\": \"/path/to/cmmlu\"}}' to lm_eval, or --cmmlu-dir to sftpack eval"
+            f"{family.task} needs the folder of your {family.what} (with dev/ and test/): pass "
+            f"--metadata '{{\"{family.key}\": \"/path/to/{example}\"}}' to lm_eval, or {family.sftpack_flag} to "
+            "sftpack eval"
         )
     root = Path(configured).expanduser().resolve()
     if not (root / "test").is_dir():
-        raise FileNotFoundError(f"cmmlu-local: {METADATA_KEY}={configured} resolves to {root}, which has no test/ "
+        raise FileNotFoundError(f"{family.task}: {family.key}={configured} resolves to {root}, which has no test/ "
                                 "folder; point it at the folder holding dev/ and test/")
     return root
+
+
+def read_subject(subject: str, metadata: dict, family: Family = CMMLU) -> dict[str, list[dict[str, str]]]:
+    """{split: rows} of one subject, for each of SPLITS, from the folder `metadata` names."""
+    root = data_dir(metadata, family)
+    return {split: read_rows(_csv_file(root, split, subject, family)) for split in SPLITS}
 
 
 def load(subject: str, **metadata):
     """DatasetDict {dev, test} of one subject (lm-eval `custom_dataset`)."""
     import datasets
 
-    root = data_dir(metadata)
     return datasets.DatasetDict({
-        split: datasets.Dataset.from_list(read_rows(_csv_file(root, split, subject))) for split in SPLITS
+        split: datasets.Dataset.from_list(rows) for split, rows in read_subject(subject, metadata).items()
     })
