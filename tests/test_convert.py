@@ -176,8 +176,10 @@ def test_unknown_entry_key_is_an_error_listing_allowed():
         dataset_info.validate_entry("x", {"file_name": "x.json", "fromatting": "sharegpt"})
     with pytest.raises(SftpackError, match=r"unknown columns keys \['answer'\]"):
         dataset_info.validate_entry("x", {"file_name": "x.json", "columns": {"prompt": "q", "answer": "a"}})
-    with pytest.raises(SftpackError, match=r"must name \['response'\]"):
-        dataset_info.validate_entry("x", {"file_name": "x.json", "columns": {"prompt": "q"}})
+    with pytest.raises(SftpackError, match=r"must name \['prompt'\]"):
+        dataset_info.validate_entry("x", {"file_name": "x.json", "columns": {"response": "a"}})
+    # prompt without response: pretraining text, as LLaMA-Factory's own c4_demo entry (stage: pt)
+    dataset_info.validate_entry("x", {"file_name": "x.json", "columns": {"prompt": "text"}})
 
 
 def test_converter_speed_on_full_train_file(shared_data, tmp_path, capsys):

@@ -47,9 +47,16 @@ def test_every_shipped_pipeline_trains_both_frameworks_at_parity(path):
     from sftpack.training import merged_config
 
     pipeline = load_pipeline(path)
-    by = {t.framework: merged_config(t.config_path, t.overrides) for t in pipeline.train}
+    lf_stages = [t for t in pipeline.train if t.framework == "llamafactory"]
+    swift_stages = [t for t in pipeline.train if t.framework == "swift"]
+    assert len(lf_stages) == len(swift_stages)
+    for lf_spec, swift_spec in zip(lf_stages, swift_stages):   # stage k of one framework vs stage k of the other
+        assert lf_spec.kind == swift_spec.kind and lf_spec.adapter == swift_spec.adapter
+        lf_cfg = {**merged_config(lf_spec.config_path, lf_spec.overrides), "stage": lf_spec.kind}
+        swift_cfg = merged_config(swift_spec.config_path, swift_spec.overrides)
+        assert differences(normalise_lf(lf_cfg), normalise_swift(swift_cfg)) == {}, (lf_spec.label, swift_spec.label)
+    by = {t.framework: merged_config(t.config_path, t.overrides) for t in pipeline.final_trains()}
     lf, swift = normalise_lf(by["llamafactory"]), normalise_swift(by["swift"])
-    assert differences(lf, swift) == {}
     if path == DEFAULT:
         assert lf["sampler"] == swift["sampler"] == "group_by_length"
         ungrouped = normalise_swift({**by["swift"], "group_by_length": False})

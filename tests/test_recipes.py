@@ -83,7 +83,7 @@ def built(build_once, shared_data, tiny_model, data_vars):
 # ---------------------------------------------------------------------------------------------- examples
 
 
-def test_every_example_recipe_loads_and_documents_its_command(shared_data, tiny_model):
+def test_every_example_recipe_loads_and_documents_its_command(shared_data, tiny_model, sample_workdir):
     from sftpack.recipes.cli import check_recipe
     from sftpack.recipes.mixture import load_mixture
     from sftpack.recipes.run import is_mixture
@@ -96,7 +96,8 @@ def test_every_example_recipe_loads_and_documents_its_command(shared_data, tiny_
         assert text.startswith("# ") and f"sftpack recipe dataset_info/recipes/{path.name}" in text, path
         declared = set(load_yaml(path).data.get("vars") or {})
         overrides = {k: v for k, v in {"data": str(shared_data), "tokenizer": str(tiny_model),
-                                       "cmmlu": str(shared_data / "cmmlu" / "test")}.items() if k in declared}
+                                       "cmmlu": str(shared_data / "cmmlu" / "test"),
+                                       "dataset_info": str(sample_workdir / "dataset_info")}.items() if k in declared}
         if is_mixture(load_yaml(path)):
             load_mixture(path, overrides)
         else:

@@ -66,10 +66,11 @@ def validate_entry(name: str, entry: Any, where: str = FILE_NAME) -> None:
         _unknown(f"{key} keys", here, value, allowed)
     columns = entry.get("columns")
     if formatting == "alpaca" and columns is not None and not entry.get("ranking"):
-        # Once `columns` is given, every column left out becomes None in LLaMA-Factory.
-        missing = [key for key in ("prompt", "response") if key not in columns]
-        if missing:
-            raise SftpackError(f"{here}: alpaca 'columns' must name {missing} too")
+        # Once `columns` is given, every column left out becomes None in LLaMA-Factory. Without `response` the
+        # entry is pretraining text (`{prompt: text}`, LLaMA-Factory's own c4_demo; stage: pt / swift pt).
+        if "prompt" not in columns:
+            raise SftpackError(f"{here}: alpaca 'columns' must name ['prompt'] too (with 'response' for SFT data; "
+                               "without it the entry is pretraining text)")
 
 
 def load(path: Path) -> dict[str, Any]:

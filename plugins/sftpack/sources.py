@@ -2,7 +2,8 @@
 
 Every row is yielded with its location (`line 12` of a jsonl file, `row 12` of a table) so that errors can
 name it. Local formats: `.jsonl`, `.json` (JSON lines or one array), `.parquet`, `.arrow` (both the stream
-format that `datasets.save_to_disk` writes and the file format), `.csv`, and folders holding a split's files:
+format that `datasets.save_to_disk` writes and the file format), `.csv`, `.txt` (plain text: one row `{"text": line}`
+per non-empty line), and folders holding a split's files:
 `{split}.jsonl|json|parquet|csv|arrow`, `{split}-*.parquet|arrow` / `data/{split}-*.parquet` / `main/{split}-*.parquet`
 (a hub repo's layout), `*-{split}.arrow` / `*-{split}-00000-of-00002.arrow` (the `datasets` cache layout,
 e.g. `gsm8k-train.arrow`), a `save_to_disk` folder (`dataset_dict.json` + `{split}/data-*.arrow`), or one
@@ -28,7 +29,7 @@ from sftpack.paths import hubs_off, looks_local
 
 MODELSCOPE_PREFIX = "modelscope/"
 TABLE_SUFFIXES = (".parquet", ".arrow")
-FILE_SUFFIXES = (".jsonl", ".json", ".csv") + TABLE_SUFFIXES
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".txt") + TABLE_SUFFIXES
 # A word in a file name -> the split it names (`gsm8k-test.arrow`, `train-00000-of-00001.parquet`, `dev.jsonl`).
 SPLIT_WORDS = {"train": "train", "training": "train", "test": "test", "testing": "test", "eval": "test",
                "evaluation": "test", "validation": "validation", "valid": "validation", "val": "validation",
@@ -96,6 +97,21 @@ def _iter_csv(path: Path) -> Iterator[Located]:
             raise SftpackError(f"{path}: not valid UTF-8 near line {reader.line_num + 1} ({err.reason})") from None
 
 
+def _iter_text(path: Path) -> Iterator[Located]:
+    """Plain text, one row `{"text": line}` per non-empty line (the `datasets` text builder's rows, which
+    LLaMA-Factory reads a .txt file with)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                yield Located(str(path), f"line {number}", None,
+                              f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})")
+                continue
+            if text.strip():
+                yield Located(str(path), f"line {number}", {"text": text})
+
+
 def _arrow_tables(path: Path):
     import pyarrow as pa
 
@@ -131,6 +147,8 @@ def iter_file(path: Path) -> Iterator[Located]:
         return _iter_json(path)
     if path.suffix == ".csv":
         return _iter_csv(path)
+    if path.suffix == ".txt":
+        return _iter_text(path)
     if path.suffix in TABLE_SUFFIXES:
         return _iter_table(path)
     raise SftpackError(f"{path}: unsupported file type '{path.suffix}'; expected one of {list(FILE_SUFFIXES)}")

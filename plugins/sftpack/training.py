@@ -73,6 +73,7 @@ class TrainJob:
     # Before a GPU run, `sftpack estimate` against the GPU it sees: "refuse" a run predicted not to fit,
     # "warn" (the CLIs' --force-fit: print the estimate and run anyway), "off" (no estimate).
     fit_check: str = "refuse"
+    kind: str = "sft"                    # "sft" | "pt" (pretraining on plain text; Adapter.command)
 
     def __post_init__(self):
         if self.fit_check not in FIT_CHECKS:
@@ -164,7 +165,7 @@ def new_result(job: TrainJob) -> RunResult:
     env, result.env_overrides = environment(job)
     result.repeatability = repeatability(job, overrides, env)
     try:
-        result.command = [str(c) for c in adapter.command(job.config, overrides)]
+        result.command = [str(c) for c in adapter.command(job.config, overrides, job.kind)]
     except SftpackError as err:   # the framework's CLI is not installed here
         result.status_detail = str(err)
     return result

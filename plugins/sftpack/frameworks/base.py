@@ -108,7 +108,13 @@ class Adapter:
     memory_traits: MemoryTraits | None = None   # for `sftpack estimate`
 
     # -- the command ----------------------------------------------------------------------------------------
-    def command(self, config: Path, overrides: Mapping[str, Any]) -> list[str]:
+    def command(self, config: Path, overrides: Mapping[str, Any], kind: str = "sft") -> list[str]:
+        """The training command: `kind` "sft" (supervised fine-tuning) or "pt" (pretraining on plain text: a
+        dataset_info entry `columns: {prompt: text}`)."""
+        raise NotImplementedError
+
+    def continue_adapter(self, adapter: Path) -> dict[str, Any]:
+        """Overrides that load the LoRA adapter folder `adapter` on the base model and train it further."""
         raise NotImplementedError
 
     def run_overrides(self, model: Path, output_dir: Path) -> dict[str, Any]:

@@ -107,8 +107,14 @@ class LlamaFactory(Adapter):
     tiny_cpu = {"bf16": False, "preprocessing_num_workers": 1, "plot_loss": False, "dataloader_num_workers": 0}
     model_key, config_keys = "model_name_or_path", ("model_name_or_path", "stage", "finetuning_type")
 
-    def command(self, config: Path, overrides: Mapping[str, Any]) -> list[str]:
+    def command(self, config: Path, overrides: Mapping[str, Any], kind: str = "sft") -> list[str]:
+        overrides = {"stage": "pt", **overrides} if kind == "pt" else overrides   # LF's pretraining: stage pt
         return self._cli() + [str(config)] + [f"{key}={_cli_value(key, value)}" for key, value in overrides.items()]
+
+    def continue_adapter(self, adapter: Path) -> dict[str, Any]:
+        # llamafactory/model/adapter.py: the last adapter_name_or_path is resumed (trainable) unless
+        # create_new_adapter
+        return {"adapter_name_or_path": str(adapter), "create_new_adapter": False}
 
     def run_overrides(self, model: Path, output_dir: Path) -> dict[str, Any]:
         return {"model_name_or_path": model, "output_dir": output_dir, "include_num_input_tokens_seen": "non_padding"}

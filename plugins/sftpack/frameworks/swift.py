@@ -99,11 +99,18 @@ class Swift(Adapter):
     }
     model_key, config_keys = "model", ("model", "tuner_type")
 
-    def command(self, config: Path, overrides: Mapping[str, Any]) -> list[str]:
-        cmd = self._cli() + [str(config)]
+    def command(self, config: Path, overrides: Mapping[str, Any], kind: str = "sft") -> list[str]:
+        cli = self._cli()
+        if kind == "pt":   # `swift pt`: SftArguments + use_chat_template false, loss on every token
+            cli[-1] = "pt"
+        cmd = cli + [str(config)]
         for key, value in overrides.items():
             cmd += [f"--{key}"] + ([text(v) for v in value] if isinstance(value, (list, tuple)) else [text(value)])
         return cmd
+
+    def continue_adapter(self, adapter: Path) -> dict[str, Any]:
+        # swift/pipelines/train/tuner.py: `adapters` (one) is loaded with is_trainable=True
+        return {"adapters": str(adapter)}
 
     def run_overrides(self, model: Path, output_dir: Path) -> dict[str, Any]:
         # include_num_input_tokens_seen is a bool to Swift: true = all tokens (see parse_log).

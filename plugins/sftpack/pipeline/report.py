@@ -101,6 +101,14 @@ def fallbacks(pipeline: Pipeline, model: dict[str, Any], data: dict[str, Any]) -
             for f in allowed_fallbacks(pipeline, offline=offline)]
 
 
+def stage_data(spec, output: dict[str, Any]) -> dict[str, Any]:
+    """What a train stage trained on and from: framework, kind (sft / pt), its dataset as its config + overrides
+    name it, and the stage it started from (with the adapter merged or continued)."""
+    return {"framework": spec.framework, "kind": output.get("kind", spec.kind),
+            "dataset": output.get("dataset"), "after": output.get("after"), "adapter": output.get("adapter"),
+            "started_from": output.get("model")}
+
+
 def build_summary(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
     out = ctx.out
     stages = {}
@@ -109,12 +117,12 @@ def build_summary(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
         if marker.is_file():
             record = json.loads(marker.read_text(encoding="utf-8"))
             stages[record["stage"]] = {"elapsed_s": record["elapsed_s"], "finished_utc": record["finished_utc"]}
-    results = {t.framework: read_json(Path(ctx.outputs[t.stage]["result"])) for t in pipeline.train}
-    train = {t.framework: train_summary(results[t.framework], Path(ctx.outputs[t.stage]["result"]).with_name(
-        "stdout.log")) for t in pipeline.train}
+    results = {t.label: read_json(Path(ctx.outputs[t.stage]["result"])) for t in pipeline.train}
+    train = {t.label: {**train_summary(results[t.label], Path(ctx.outputs[t.stage]["result"]).with_name(
+        "stdout.log")), **stage_data(t, ctx.outputs[t.stage])} for t in pipeline.train}
     env = environment()
     cores = ((env or {}).get("cpu") or {}).get("usable_cores")
-    pairs = list(results.values())
+    pairs = [results[t.label] for t in pipeline.final_trains()]
     comparability = not_comparable(pairs[0], pairs[1], cores) if len(pairs) == 2 else []
     eval_report = json.loads(Path(ctx.outputs["eval"]["eval_json"]).read_text(encoding="utf-8"))
     return {
@@ -130,7 +138,7 @@ def build_summary(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
         "stages_wall_s": round(sum(s["elapsed_s"] for s in stages.values()), 1),
         "run_wall_s": round(time.monotonic() - ctx.started, 1),   # this run, before the report (skipped stages: 0)
         "parallel": pipeline.parallel,
-        "threads": {t.framework: ctx.outputs[t.stage].get("threads") for t in pipeline.train},
+        "threads": {t.label: ctx.outputs[t.stage].get("threads") for t in pipeline.train},
         "trained_together": overlapped(stages, [t.stage for t in pipeline.train]),
         "not_comparable": comparability,
         "environment": env,
@@ -211,6 +219,27 @@ def fallback_section(allowed: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def _recipe_lines(recipes: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for recipe in recipes:
+        if "mixture" in recipe:
+            lines.append(f"- data: mixture `{recipe['recipe']}` -> `{recipe['mixture']}`")
+        else:
+            outputs = ", ".join(f"{name} {o['rows']:,} rows" for name, o in recipe["outputs"].items())
+            lines.append(f"- data: recipe `{recipe['recipe']}`: {outputs}")
+    return lines
+
+
+def _stage_words(m: dict[str, Any]) -> str:
+    """'llamafactory sft on gsm8k_train, from train_lf_pt's LoRA adapter (merged)'."""
+    dataset = m.get("dataset")
+    dataset = ", ".join(dataset) if isinstance(dataset, list) else dataset
+    words = f"{m.get('framework', '')} {m.get('kind') or 'sft'} on {dataset or 'the config dataset'}".strip()
+    if m.get("after"):
+        words += f", from {m['after']}'s " + (f"LoRA adapter ({m['adapter']}d)" if m.get("adapter") else "model")
+    return words
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     model, data, env = summary["model"], summary["data"], summary.get("environment") or {}
     lines = [f"# sftpack run: {summary['pipeline']['name']}", ""]
@@ -229,10 +258,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
               *_tokenizer_line(model),
               f"- data: {data['family']} from `{data['resolved_source']}`: "
               + ", ".join(f"{name} {s['rows']:,} rows" for name, s in data["splits"].items())
-              + (f" (**fallback**: {data['fallback_reason']})" if data.get("fallback_reason") else "")]
-    for framework, m in summary["train"].items():
+              + (f" (**fallback**: {data['fallback_reason']})" if data.get("fallback_reason") else ""),
+              *_recipe_lines(data.get("recipes") or [])]
+    for label, m in summary["train"].items():
         command = " ".join([Path(m["command"][0]).name, *m["command"][1:]])
-        lines.append(f"- {framework}: `{command}` (log `{m['log']}`)")
+        lines.append(f"- {label}: {_stage_words(m)}: `{command}` (log `{m['log']}`)")
     settings = summary["eval"]["settings"]
     lines += [(f"- eval: lm-eval `{', '.join(settings['tasks'])}`, limit {settings['limit']}, device "
                f"{settings['device']}, batch {settings['batch_size']} (`{summary['eval']['eval_json']}`)"), "",

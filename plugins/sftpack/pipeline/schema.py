@@ -127,10 +127,68 @@ class ModelSpec:
 
 
 @dataclass
+class RecipeSpec:
+    """A recipe (or mixture) the data stage runs into the run's dataset_info/ after `family`'s data: its outputs
+    are dataset names the train entries can use (`overrides: {dataset: NAME}`)."""
+
+    recipe: str = key(hint="a recipe or mixture YAML, relative to the pipeline file")
+    vars: dict[str, Any] = key(factory=dict, hint="the recipe's --var values (paths in them are the recipe's: "
+                                                   "relative to the current folder, or use ${recipe_dir})")
+    _at: At | None = field(default=None, repr=False, compare=False)
+
+    def check(self, at: At) -> None:
+        if not self.path.is_file():
+            at["recipe"].error("no such file", self.recipe, "a recipe YAML, relative to the pipeline file",
+                               note=f"resolved: {looked(self.recipe, self._at)}")
+            return
+        from sftpack.errors import SftpackError
+        from sftpack.recipes.run import load_recipe
+
+        try:
+            if not self.is_mixture:
+                load_recipe(self.path, self.run_vars(Path("dataset_info")))
+        except SftpackError as err:
+            at["recipe"].error(f"the recipe does not load: {err}", self.recipe)
+
+    @property
+    def path(self) -> Path:
+        return spec_path(self.recipe, self._at)
+
+    @property
+    def var_values(self) -> dict[str, str]:
+        return {name: str(value) for name, value in self.vars.items()}
+
+    def run_vars(self, dataset_info: Path) -> dict[str, str]:
+        """`vars`, plus `dataset_info` = the run's dataset_info/ folder when the recipe declares that var and the
+        pipeline does not set it: a recipe reads what the data stage prepared (`${dataset_info}/gsm8k_train.jsonl`)."""
+        import yaml
+
+        values = self.var_values
+        try:
+            declared = (yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}).get("vars") or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            declared = {}
+        if "dataset_info" in declared and "dataset_info" not in values:
+            values["dataset_info"] = str(dataset_info)
+        return values
+
+    @property
+    def is_mixture(self) -> bool:
+        import yaml
+
+        try:
+            data = yaml.safe_load(self.path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return False
+        return isinstance(data, dict) and "mixture" in data
+
+
+@dataclass
 class DataSpec:
     family: str = key("gsm8k", choices=_families)   # a converter of `sftpack prepare`
     source: str = "sample"            # "sample" = the rows shipped in the package; else a folder or hub id
     fallback_source: str | None = None  # used (and said in the report) when `source` cannot be read, e.g. no hub
+    recipes: list[RecipeSpec] = key(factory=list, hint="recipes run after the family's data, in order")
     _at: At | None = field(default=None, repr=False, compare=False)   # its place: local paths resolve there
 
     def resolved_source(self, source: str | None = None) -> str:
@@ -143,18 +201,34 @@ class DataSpec:
         return str(local) if local.exists() else source   # else a hub id
 
 
+# Keys a chained stage's config may not set: the pipeline loads the earlier stage's adapter itself.
+CONTINUE_KEYS = {"llamafactory": ("adapter_name_or_path", "create_new_adapter"), "swift": ("adapters",)}
+
+
 @dataclass
 class TrainSpec:
     framework: str = key(choices=FRAMEWORKS)
     config: str = key(hint="a framework config YAML, relative to the pipeline file")
     overrides: dict[str, Any] = key(factory=dict)
     timeout_s: float = key(3600.0, gt=0, hint="seconds")
+    name: str | None = key(None, pattern=NAME_PATTERN, hint="names the stage (train_<name>); needed when a framework "
+                                                            "has several train entries")
+    after: str | None = key(None, hint="the `name` of the earlier entry of this framework whose output this one "
+                                       "starts from (multi-stage training)")
+    adapter: str | None = key(None, choices=("merge", "continue"),
+                              hint="when `after` trained a LoRA adapter: merge it into the base model and train "
+                                   "on that, or continue training the same adapter")
+    kind: str = key("sft", choices=("sft", "pt"), hint="sft, or pt: pretraining on plain text (LLaMA-Factory "
+                                                       "stage pt, `swift pt`) from a `format: {to: text}` recipe")
     _at: At | None = field(default=None, repr=False, compare=False)   # its place: `config` resolves there
 
     def check(self, at: At) -> None:
-        for name in sorted(set(self.overrides) & set(PIPELINE_KEYS[self.framework])):
-            at["overrides", name].error("set by the pipeline itself; remove it",
-                                        expected=f"none of {list(PIPELINE_KEYS[self.framework])}")
+        owned = set(PIPELINE_KEYS[self.framework]) | (set(CONTINUE_KEYS[self.framework]) if self.after else set())
+        for name in sorted(set(self.overrides) & owned):
+            at["overrides", name].error("set by the pipeline itself; remove it", expected=f"none of {sorted(owned)}")
+        if "stage" in self.overrides and self.framework == "llamafactory":
+            at["overrides", "stage"].error("the pipeline sets it from `kind`", self.overrides["stage"],
+                                           "kind: pt (stage pt) or kind: sft (the config's stage)")
         if not self.config_path.is_file():
             at["config"].error("no such file", self.config, "a framework config YAML, relative to the pipeline file",
                                note=f"resolved: {looked(self.config, self._at)}")
@@ -167,8 +241,22 @@ class TrainSpec:
         return spec_path(self.config, self._at)
 
     @property
+    def label(self) -> str:
+        """What names it in stages and reports: `name`, else the framework."""
+        return self.name or self.framework
+
+    @property
     def stage(self) -> str:
-        return f"train_{self.framework}"
+        return f"train_{self.label}"
+
+    def method(self) -> str | None:
+        """"lora", "full", ... as the framework reads this entry's config + overrides (None: unreadable)."""
+        from sftpack.training import merged_config
+
+        try:
+            return fw.adapter(self.framework).normalise(merged_config(self.config_path, self.overrides))["method"]
+        except (KeyError, TypeError, ValueError, OSError, spec.SpecError):
+            return None
 
 
 @dataclass
@@ -212,7 +300,7 @@ class EvalSpec:
 class Pipeline:
     name: str = key(pattern=NAME_PATTERN, hint="letters, digits, '_', '-', '.': it names the output folder")
     model: ModelSpec = key()
-    train: list[TrainSpec] = key(hint="one entry per framework")
+    train: list[TrainSpec] = key(hint="one entry per framework, or a chain of entries (`name`, `after`)")
     data: DataSpec = key(factory=DataSpec)
     eval: EvalSpec = key(factory=EvalSpec)
     requires_gpu: bool = False
@@ -222,9 +310,57 @@ class Pipeline:
     path: str | None = key(None, internal=True)   # the YAML it was read from (set by load_pipeline)
 
     def check(self, at: At) -> None:
-        names = [t.framework for t in self.train]
-        if not names or len(set(names)) != len(names):
-            at["train"].error("give each framework once", names, f"one entry for each of {list(FRAMEWORKS)}")
+        if not self.train:
+            at["train"].error("empty", [], f"one entry for each of {list(FRAMEWORKS)} (or a chain of entries each)")
+            return
+        labels = [t.label for t in self.train]
+        seen: dict[str, TrainSpec] = {}
+        for index, t in enumerate(self.train):
+            here = at["train", index]
+            if labels.count(t.label) > 1:
+                here.error("two train entries share this stage name", t.label,
+                           "a distinct `name` for each entry of one framework")
+                continue
+            earlier = [e for e in seen.values() if e.framework == t.framework]
+            if t.after is None:
+                if earlier:
+                    here["after"].error("missing: this framework already has an entry", None,
+                                        f"after: {earlier[-1].label} (stages of one framework chain in file order)")
+                if t.adapter is not None:
+                    here["adapter"].error("only with `after`", t.adapter, "no adapter key on a first stage")
+            elif not earlier or t.after != earlier[-1].label:
+                here["after"].error("not the previous entry of this framework", t.after,
+                                    f"{earlier[-1].label}" if earlier else "no `after` on a framework's first entry")
+            else:
+                self._check_chain(earlier[-1], t, here)
+            seen[t.label] = t
+
+    @staticmethod
+    def _check_chain(before: TrainSpec, t: TrainSpec, at: At) -> None:
+        """`t` starts from `before`'s output: a full model is its model; a LoRA adapter is merged or continued,
+        as `adapter` says (continuing needs LoRA again)."""
+        previous, method = before.method(), t.method()
+        if previous == "lora" and t.adapter is None:
+            at["adapter"].error(f"missing: {before.label} trains a LoRA adapter", None,
+                                "adapter: merge (train on the base with it merged in) or adapter: continue (train "
+                                "the same adapter further)")
+        elif previous not in (None, "lora") and t.adapter is not None:
+            at["adapter"].error(f"{before.label} trains {previous!r}, not a LoRA adapter", t.adapter,
+                                f"no adapter key: this stage starts from {before.label}'s full model")
+        elif t.adapter == "continue" and method not in (None, "lora"):
+            at["adapter"].error(f"continuing a LoRA adapter needs a LoRA stage; this one trains {method!r}",
+                                t.adapter, "adapter: merge, or a LoRA config")
+
+    def final_trains(self) -> list[TrainSpec]:
+        """The last entry of each framework: the models the eval scores (labelled by framework)."""
+        last: dict[str, TrainSpec] = {}
+        for t in self.train:
+            last[t.framework] = t
+        return list(last.values())
+
+    def previous(self, spec: TrainSpec) -> TrainSpec | None:
+        """The entry `spec` starts from (its `after`), or None."""
+        return next((t for t in self.train if spec.after is not None and t.label == spec.after), None)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "pipeline", doc: spec.Doc | None = None) -> Pipeline:

@@ -243,9 +243,49 @@ def data_inputs(pipeline: Pipeline) -> dict[str, Any]:
     spec = pipeline.data
     inputs = {"family": spec.family, "source": _source_inputs(spec, spec.source),
               "fallback_source": _source_inputs(spec, spec.fallback_source), "versions": versions(*DATA_PACKAGES)}
+    if spec.recipes:
+        inputs["recipes"] = [_recipe_inputs(recipe) for recipe in spec.recipes]
     if is_hub_id(spec.resolved_source()):
         inputs["offline"] = offline_reason() is not None
     return inputs
+
+
+PREPARED = "<the run's dataset_info>"
+
+
+def _recipe_inputs(recipe) -> dict[str, Any]:
+    """A recipe as the data stage's key sees it: its file and its local inputs by content, its vars."""
+    inputs: dict[str, Any] = {"recipe": recipe.recipe, "sha256": file_sha256(recipe.path), "vars": recipe.var_values}
+    if not recipe.is_mixture:
+        from sftpack.recipes.run import load_recipe
+        from sftpack.sources import is_hub_id
+
+        # ${dataset_info}: the data stage's own output, covered by the family and source above (kept as a name)
+        plan = load_recipe(recipe.path, recipe.run_vars(Path(PREPARED)))
+        inputs["inputs"] = {spec.name: (spec.path if is_hub_id(spec.path) or str(spec.path).startswith(PREPARED)
+                                        else tree_sha256(Path(spec.path)))
+                            for spec in plan.inputs}
+    return inputs
+
+
+def _run_recipes(pipeline: Pipeline, out: Path) -> list[dict[str, Any]]:
+    """The pipeline's `data.recipes`, in order, into `out` (the run's dataset_info/): what each wrote."""
+    from sftpack.recipes.mixture import run_mixture
+    from sftpack.recipes.run import run_recipe
+
+    done = []
+    for recipe in pipeline.data.recipes:
+        if recipe.is_mixture:
+            mix = run_mixture(recipe.path, out, recipe.run_vars(out), overwrite=True)
+            done.append({"recipe": str(recipe.path), "mixture": str(mix.file)})
+            print(f"data: mixture {recipe.recipe} -> {mix.file}", flush=True)
+            continue
+        result = run_recipe(recipe.path, out, recipe.run_vars(out), progress=False, overwrite=True)
+        outputs = {o.dataset: {"file": str(o.file), "rows": o.rows} for o in result.outputs}
+        done.append({"recipe": str(recipe.path), "description": result.plan.description, "outputs": outputs})
+        print(f"data: recipe {recipe.recipe} -> " + ", ".join(f"{n} ({o['rows']} rows)" for n, o in outputs.items()),
+              flush=True)
+    return done
 
 
 def data_stage(pipeline: Pipeline):
@@ -281,7 +321,8 @@ def data_stage(pipeline: Pipeline):
                 "fallback_reason": fallback_reason, "offline": offline,
                 "workdir": str(folder), "dataset_info": str(folder / "dataset_info" / "dataset_info.json"),
                 "splits": {r.dataset: {"file": str(r.file), "rows": r.rows_out, "skipped": len(r.skipped)}
-                           for r in results}}
+                           for r in results},
+                "recipes": _run_recipes(pipeline, folder / "dataset_info")}
     return Stage("data", run, f"{pipeline.data.family} from {pipeline.data.source}")
 
 
@@ -296,12 +337,38 @@ def train_job(pipeline: Pipeline, spec: TrainSpec, ctx: Context, fit_check: str 
     folder = ctx.dir(spec.stage)
     threads = stage_threads(pipeline.parallel)
     env = {} if pipeline.parallel <= 1 else {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    return TrainJob(framework=spec.framework, config=spec.config_path, overrides=dict(spec.overrides),
-                    model=Path(ctx.outputs["model"]["path"]), output_dir=folder / "output",
+    model, overrides = start_from(pipeline, spec, ctx)
+    return TrainJob(framework=spec.framework, config=spec.config_path, overrides={**overrides, **spec.overrides},
+                    kind=spec.kind, model=model, output_dir=folder / "output",
                     cwd=Path(ctx.outputs["data"]["workdir"]), record_dir=folder, cache=folder / "cache",
                     gpus=1 if pipeline.requires_gpu else 0, timeout_s=spec.timeout_s, echo=verbose,
                     identity={"suite": pipeline.name, "session": ctx.out.name, "run": spec.stage, "repeat": 1,
                               "group": None}, fit_check=fit_check, env=env)
+
+
+def start_from(pipeline: Pipeline, spec: TrainSpec, ctx: Context) -> tuple[Path, dict[str, Any]]:
+    """(the model a train entry trains, the overrides that load an earlier adapter): the base model; with
+    `after`, the earlier stage's full model, or its LoRA adapter continued on the base (the framework's own keys,
+    Adapter.continue_adapter), or merged into the base (sftpack.lora_merge, into `<stage>/merged_base/`)."""
+    base = Path(ctx.outputs["model"]["path"])
+    before = pipeline.previous(spec)
+    if before is None:
+        return base, {}
+    trained = Path(ctx.outputs[before.stage]["trained_model"])
+    if spec.adapter is None:
+        return trained, {}
+    start = ctx.outputs[before.stage].get("model") or str(base)   # the model the adapter was trained on
+    if spec.adapter == "continue":
+        return Path(start), fw.adapter(spec.framework).continue_adapter(trained)
+    merged = ctx.dir(spec.stage) / "merged_base"
+    if merged.exists():
+        import shutil
+
+        shutil.rmtree(merged)
+    print(f"{spec.stage}: merging {before.stage}'s LoRA adapter into {start} -> {merged}", flush=True)
+    _logged([sys.executable, "-m", "sftpack.lora_merge", str(start), str(trained), str(merged)], ctx.dir(spec.stage),
+            _env(ctx, spec.stage, pipeline), ctx.dir(spec.stage) / "merge.log")
+    return merged, {}
 
 
 def train_stage(pipeline: Pipeline, spec: TrainSpec, fit_check: str = "refuse", verbose: bool = True):
@@ -323,7 +390,8 @@ def train_stage(pipeline: Pipeline, spec: TrainSpec, fit_check: str = "refuse", 
 
             shutil.rmtree(job.cache, ignore_errors=True)
         return {"result": str(job.record_dir / "result.json"), "trained_model": result.trained_model,
-                "threads": job.env.get("OMP_NUM_THREADS")}
+                "threads": job.env.get("OMP_NUM_THREADS"), "model": str(job.model), "kind": spec.kind,
+                "after": spec.after, "adapter": spec.adapter, "dataset": _dataset_of(spec)}
 
     def progress(ctx: Context) -> Progress:
         log = fw.adapter(spec.framework).parse_log(ctx.out / spec.stage / "output", "", False, None, False)
@@ -331,8 +399,16 @@ def train_stage(pipeline: Pipeline, spec: TrainSpec, fit_check: str = "refuse", 
             return Progress(None, "starting (imports, tokenising)")
         return Progress(log.steps / log.max_steps, f"{log.steps}/{log.max_steps} steps")
 
-    return Stage(spec.stage, run, f"{spec.framework} from {spec.config} (measured)", group="train",
-                 progress=progress)
+    chained = f", after {spec.after}" + (f" (adapter: {spec.adapter})" if spec.adapter else "") if spec.after else ""
+    return Stage(spec.stage, run, f"{spec.framework} {spec.kind} from {spec.config}{chained} (measured)",
+                 group="train", progress=progress)
+
+
+def _dataset_of(spec: TrainSpec) -> Any:
+    """The dataset(s) a train entry trains on, as its framework reads its config + overrides."""
+    from sftpack.training import merged_config
+
+    return merged_config(spec.config_path, spec.overrides).get("dataset")
 
 
 def train_inputs(pipeline: Pipeline, spec: TrainSpec) -> dict[str, Any]:
@@ -340,6 +416,8 @@ def train_inputs(pipeline: Pipeline, spec: TrainSpec) -> dict[str, Any]:
     inputs = {"framework": spec.framework, "config": spec.config, "config_sha256": file_sha256(spec.config_path),
               "overrides": spec.overrides, "timeout_s": spec.timeout_s, "requires_gpu": pipeline.requires_gpu,
               "versions": versions(fw.adapter(spec.framework).package, *TRAIN_PACKAGES)}
+    if spec.after is not None or spec.kind != "sft":   # a chained stage: what it starts from, how
+        inputs.update(after=spec.after, adapter=spec.adapter, kind=spec.kind)
     if pipeline.parallel > 1:   # the threads each run gets: its measured time (and its float order) depend on them
         inputs["parallel"] = pipeline.parallel
     return inputs
@@ -378,7 +456,7 @@ def _chat_tasks(pipeline: Pipeline, model: str, folder: Path) -> Path:
         return shipped_tasks
 
     rendered: dict[str, str] = {}
-    for spec in pipeline.train:
+    for spec in pipeline.final_trains():
         config = folder / f"{spec.stage}.config.yaml"   # the run's config as trained, for the generator
         write_text(config, yaml.safe_dump(merged_config(spec.config_path, spec.overrides), sort_keys=False))
         body = tasklib.chat_task_yaml(config, tokenizer=model)
@@ -398,13 +476,33 @@ def _chat_tasks(pipeline: Pipeline, model: str, folder: Path) -> Path:
     return tasks
 
 
+def _eval_model(pipeline: Pipeline, spec: TrainSpec, ctx: Context, folder: Path) -> str:
+    """The model lm-eval scores for a final train stage: its output; but a LoRA adapter trained on another model
+    than the base (a chained stage's start) is merged into that model first (`<eval>/merged/<framework>/`), since
+    `sftpack eval` loads adapters on the base model."""
+    output = ctx.outputs[spec.stage]
+    trained, start = Path(output["trained_model"]), output.get("model")
+    if not start or Path(start) == Path(ctx.outputs["model"]["path"]) or not (trained / "adapter_config.json").is_file():
+        return str(trained)
+    merged = folder / "merged" / spec.framework
+    if merged.exists():
+        import shutil
+
+        shutil.rmtree(merged)
+    print(f"eval: {spec.stage}'s adapter was trained on {start}: merged into it for lm-eval -> {merged}", flush=True)
+    _logged([sys.executable, "-m", "sftpack.lora_merge", start, str(trained), str(merged)], folder,
+            _env(ctx, "eval", pipeline), folder / f"merge-{spec.framework}.log")
+    return str(merged)
+
+
 def eval_parallel(pipeline: Pipeline) -> int:
     """lm-eval runs at the same time: `eval.parallel`, else the pipeline's `parallel`."""
     return pipeline.eval.parallel or pipeline.parallel
 
 
 def eval_stage(pipeline: Pipeline, verbose: bool = True):
-    labels = ["base"] + [t.framework for t in pipeline.train]
+    finals = pipeline.final_trains()
+    labels = ["base"] + [t.framework for t in finals]
 
     def run(ctx: Context) -> dict[str, Any]:
         from sftpack.evaluate.runner import Settings, run_eval
@@ -415,7 +513,7 @@ def eval_stage(pipeline: Pipeline, verbose: bool = True):
                             batch_size=str(spec.batch_size), dtype=spec.dtype, gen_kwargs=spec.gen_kwargs,
                             workdir=ctx.outputs["data"]["workdir"], parallel=eval_parallel(pipeline),
                             include_path=str(_chat_tasks(pipeline, ctx.outputs["model"]["path"], folder)))
-        tuned = [f"{t.framework}={ctx.outputs[t.stage]['trained_model']}" for t in pipeline.train]
+        tuned = [f"{t.framework}={_eval_model(pipeline, t, ctx, folder)}" for t in finals]
         env = _env(ctx, "eval", pipeline)
         if eval_parallel(pipeline) > 1:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = stage_threads(min(eval_parallel(pipeline), len(labels)))
@@ -436,7 +534,7 @@ def eval_stage(pipeline: Pipeline, verbose: bool = True):
         return Progress(fraction or None, f"{sum(f == 1.0 for f in done)}/{len(labels)} models scored "
                                           f"({100 * fraction:.0f} % of the requests)")
 
-    return Stage("eval", run, f"base vs {', '.join(t.framework for t in pipeline.train)} on "
+    return Stage("eval", run, f"base vs {', '.join(t.label for t in finals)} on "
                               f"{', '.join(pipeline.eval.tasks)} (limit {pipeline.eval.limit})", progress=progress)
 
 
@@ -465,7 +563,7 @@ def stages(pipeline: Pipeline, fit_check: str = "refuse", verbose: bool = True) 
     return ([keyed(model_stage(pipeline), lambda: model_inputs(pipeline), ()),
              keyed(data_stage(pipeline), lambda: data_inputs(pipeline), ())]
             + [keyed(train_stage(pipeline, t, fit_check, verbose), lambda t=t: train_inputs(pipeline, t),
-                     ("model", "data"))
+                     ("model", "data") + ((pipeline.previous(t).stage,) if t.after else ()))
                for t in pipeline.train]
             + [keyed(eval_stage(pipeline, verbose), lambda: eval_inputs(pipeline), ("model", "data", *trains)),
                keyed(report_stage(pipeline), lambda: report_inputs(pipeline), None)])

@@ -86,7 +86,7 @@ def resolve_files(index: int, spec: InputSpec, where) -> list[FileRef]:
                               f"{list(sources.FILE_SUFFIXES)}")
         if spec.columns and file.suffix != ".csv":
             raise where.error(f"{file}: 'columns' is for CSV files without a header row")
-        unit = "line" if file.suffix in (".jsonl", ".csv") or _json_lines(file) else "row"
+        unit = "line" if file.suffix in (".jsonl", ".csv", ".txt") or _json_lines(file) else "row"
         refs.append(FileRef(index, str(file), unit, file.name.split(".")[0]))
     return refs
 

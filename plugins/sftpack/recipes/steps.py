@@ -641,12 +641,14 @@ FORMATS = ("alpaca", "sharegpt", "messages")
 @register("format")
 @dataclass(kw_only=True)
 class Format(MapStep):
-    """Map fields (or tags) onto the written layout. `to: alpaca` -> instruction/input/output[/system]
-    (`instruction`, `output` required, `input`, `system` optional); `to: sharegpt` -> conversations of
-    from/value; `to: messages` -> OpenAI-style messages of role/content (`user`, `assistant` required,
+    """Map fields (or tags) onto the written layout. `to: text` -> {"text": ...} (`text` required: pretraining
+    text, LLaMA-Factory's `columns: {prompt: text}`, for `stage: pt` / `swift pt`); `to: alpaca` ->
+    instruction/input/output[/system] (`instruction`, `output` required, `input`, `system` optional);
+    `to: sharegpt` -> conversations of from/value; `to: messages` -> OpenAI-style messages of role/content (`user`, `assistant` required,
     `system` optional). `keep` copies further fields as they are. Sets the dataset_info entry."""
 
-    to: Literal["alpaca", "sharegpt", "messages"]
+    to: Literal["alpaca", "sharegpt", "messages", "text"]
+    text: str | None = None
     instruction: str | None = None
     input: str | None = None
     output: str | None = None
@@ -656,19 +658,23 @@ class Format(MapStep):
     keep: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        if self.to == "alpaca":
-            wrong, need = ("user", "assistant"), ("instruction", "output")
+        if self.to == "text":
+            wrong, need = ("instruction", "input", "output", "user", "assistant", "system"), ("text",)
+        elif self.to == "alpaca":
+            wrong, need = ("user", "assistant", "text"), ("instruction", "output")
         else:
-            wrong, need = ("instruction", "input", "output"), ("user", "assistant")
+            wrong, need = ("instruction", "input", "output", "text"), ("user", "assistant")
         bad = [k for k in wrong if getattr(self, k) is not None]
         if bad:
-            raise ValueError(f"to: {self.to} takes {list(need)} (+ optional "
-                             f"{'input, system' if self.to == 'alpaca' else 'system'}), not {bad}")
+            optional = {"alpaca": " (+ optional input, system)", "text": ""}.get(self.to, " (+ optional system)")
+            raise ValueError(f"to: {self.to} takes {list(need)}{optional}, not {bad}")
         missing = [k for k in need if getattr(self, k) is None]
         if missing:
             raise ValueError(f"to: {self.to} needs {missing}")
 
     def entry(self) -> dict:
+        if self.to == "text":   # LLaMA-Factory's pretraining text (stage: pt); Swift serves it to `swift pt`
+            return {"formatting": "alpaca", "columns": {"prompt": "text"}}
         if self.to == "alpaca":
             columns = {"prompt": "instruction", "query": "input", "response": "output"}
             if self.system:
@@ -690,7 +696,9 @@ class Format(MapStep):
         return value
 
     def apply(self, row, ctx: RowContext):
-        if self.to == "alpaca":
+        if self.to == "text":
+            out = {"text": self._text(row, ctx, self.text)}
+        elif self.to == "alpaca":
             out = {"instruction": self._text(row, ctx, self.instruction),
                    "input": self._text(row, ctx, self.input, True) if self.input else "",
                    "output": self._text(row, ctx, self.output)}

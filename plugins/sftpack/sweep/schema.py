@@ -319,6 +319,12 @@ def load_sweep(path: Path) -> tuple[Sweep, list[Cell]]:
     sweep.check_files(at)
     spec.raise_problems(at.problems, SweepError)
     base = load_pipeline(sweep.resolve(sweep.base))      # its own errors name its own file
+    chained = [t.label for t in base.train if t.after]
+    if chained:   # a cell is one training from the base model; a stage chain is not swept (yet)
+        at["base"].error(f"the base pipeline chains train stages ({', '.join(chained)} start from an earlier "
+                         "stage); a sweep cell trains once from the base model", sweep.base,
+                         "a pipeline with one train entry per framework")
+        spec.raise_problems(at.problems, SweepError)
     base.parallel = 1   # cells run one at a time, each with every core (a pipeline's `parallel` is for its stages)
     if sweep.model:
         base.model = _merged(ModelSpec, base.model, sweep.model, at["model"])
