@@ -409,7 +409,7 @@ def test_a_pipeline_evaluates_with_the_chat_format_it_trains(tiny_model, tmp_pat
         spec.overrides = {**spec.overrides, "template": "chatml"}
     tasks = steps._chat_tasks(pipeline, str(tiny_model), tmp_path)
     chat = (tasks / "gsm8k-local-chat.yaml").read_text(encoding="utf-8")
-    assert tasks == tmp_path / "tasks" and "Qwen" not in "\n".join(_body(chat))
+    assert tasks == tmp_path / "chat_tasks" and "Qwen" not in "\n".join(_body(chat))
     assert 'doc_to_text: "<|im_start|>user\\n{{question}}<|im_end|>\\n<|im_start|>assistant\\n"' in chat
     assert (tasks / "gsm8k-local.yaml").read_bytes() == (fw.EVAL_TASKS / "gsm8k-local.yaml").read_bytes()
     pipeline.train[0].overrides["default_system"] = "Be brief."

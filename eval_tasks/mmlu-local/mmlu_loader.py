@@ -1,7 +1,7 @@
 """Load one subject of an MMLU CSV folder for lm-eval: the `custom_dataset` of the mmlu-local tasks.
 
 lm-eval calls `load(**metadata, **dataset_kwargs)`; `subject` comes from the task's `dataset_kwargs`, the folder
-from `--metadata` (`sftpack eval` passes it with the same `--metadata`):
+from `--metadata` (sftpack eval passes it for `--mmlu-dir`):
 
     lm_eval --model hf --model_args pretrained=MODEL --include_path eval_tasks \
       --tasks mmlu-local-anatomy,mmlu-local-virology --metadata '{"mmlu_dir": "/data/mmlu"}'
@@ -39,7 +39,7 @@ def csv_loader():
 
 def family():
     loader = csv_loader()
-    return loader.Family("mmlu-local", METADATA_KEY, "MMLU CSVs", "the same --metadata")
+    return loader.Family("mmlu-local", METADATA_KEY, "MMLU CSVs", "--mmlu-dir")
 
 
 def to_mmlu(row: dict[str, str], subject: str) -> dict:

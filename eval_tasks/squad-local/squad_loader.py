@@ -1,6 +1,6 @@
 """Load a SQuAD-format JSON file for lm-eval: the `custom_dataset` of the squad-local task.
 
-lm-eval calls `load(**metadata)`; the file comes from `--metadata` (`sftpack eval` passes the same `--metadata`):
+lm-eval calls `load(**metadata)`; the file comes from `--metadata` (sftpack eval passes it for `--squad-file`):
 
     lm_eval --model hf --model_args pretrained=MODEL --include_path eval_tasks --tasks squad-local \
       --metadata '{"squad_file": "/data/squad/dev-v1.1.json"}'
@@ -33,7 +33,8 @@ def squad_file(metadata: dict) -> Path:
     if not configured:
         raise FileNotFoundError(
             "squad-local needs a SQuAD-format JSON file (v1.1 or v2.0 layout): pass "
-            f"--metadata '{{\"{METADATA_KEY}\": \"/path/to/dev-v1.1.json\"}}' to lm_eval or sftpack eval")
+            f"--metadata '{{\"{METADATA_KEY}\": \"/path/to/dev-v1.1.json\"}}' to lm_eval, or --squad-file FILE "
+            "to sftpack eval")
     path = Path(configured).expanduser().resolve()
     if not path.is_file():
         raise FileNotFoundError(f"squad-local: {METADATA_KEY}={configured} resolves to {path}, which is not a file "

@@ -123,7 +123,10 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help=f"a folder of lm-eval task YAMLs ADDED to the shipped tasks ({EVAL_TASKS}); repeatable; "
                             "a task there named like a shipped one replaces it (lm-eval's rule). The folders are "
                             "copied into OUT/include_path/ for lm-eval, which reads one --include_path")
-    where.add_argument("--cmmlu-dir", help="folder of CMMLU/MMLU CSVs (dev/, test/) for the cmmlu-local tasks")
+    where.add_argument("--cmmlu-dir", help="folder of CMMLU CSVs (dev/, test/) for the cmmlu-local tasks")
+    where.add_argument("--mmlu-dir", help="folder of MMLU CSVs (dev/, test/: <subject>_dev.csv ...) for the "
+                                          "mmlu-local tasks")
+    where.add_argument("--squad-file", help="a SQuAD-format JSON file (v1.1 or v2.0) for the squad-local task")
     where.add_argument("--metadata", help="JSON object passed to lm-eval --metadata (merged with --cmmlu-dir)")
     how = parser.add_argument_group("how")
     how.add_argument("--backend", default="hf", choices=["hf", "vllm", "local-completions"],
@@ -191,7 +194,7 @@ def base_model(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from sftpack.evaluate.runner import CMMLU_KEY, DEFAULT_TASKS, Settings
+    from sftpack.evaluate.runner import DEFAULT_TASKS, RETENTION_DATA, Settings
 
     metadata = {}
     if args.metadata:
@@ -201,8 +204,10 @@ def settings_from_args(args: argparse.Namespace):
             raise SftpackError(f"--metadata: not valid JSON ({err.msg}): {args.metadata}") from None
         if not isinstance(metadata, dict):
             raise SftpackError(f"--metadata must be a JSON object, got {args.metadata}")
-    if args.cmmlu_dir:
-        metadata[CMMLU_KEY] = str(Path(args.cmmlu_dir).expanduser().resolve())
+    for family, value in (("cmmlu-local", args.cmmlu_dir), ("mmlu-local", args.mmlu_dir),
+                          ("squad-local", args.squad_file)):
+        if value:
+            metadata[RETENTION_DATA[family][0]] = str(Path(value).expanduser().resolve())
     tasks = args.tasks if args.tasks is not None else ([] if args.dataset else list(DEFAULT_TASKS))
     return Settings(
         tasks=tasks, datasets=list(args.dataset), train_config=args.train_config, dataset_dir=args.dataset_dir,

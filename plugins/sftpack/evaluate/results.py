@@ -203,8 +203,9 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """The Markdown table (plus what was evaluated) of a report dict as written to eval.json."""
+def table(report: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of `rows` (eval.json rows): each model's value [95 % interval], stderr, and each tuned
+    model's delta to the base ("n.s." when the paired test says not significant)."""
     labels = [m["label"] for m in report["models"]]
     base = report.get("base_label")
     header = ["Task", "n-shot", "Filter", "Metric"]
@@ -212,7 +213,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         header += [label, "±"] + ([f"Δ {label}"] if base and label != base else [])
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---:" if i >= 4 or h == "n-shot" else "---" for i, h in enumerate(header)) + "|"]
-    for row in report["rows"]:
+    for row in rows:
         arrow = {True: " ↑", False: " ↓"}.get(row.get("higher_is_better"), "")
         cells = [row["task"], "" if row["n_shot"] is None else str(row["n_shot"]), row["filter"],
                  row["metric"] + arrow]
@@ -222,6 +223,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             if base and label != base:
                 cells.append(_fmt(row["delta"].get(label), signed=True) + _sig((row.get("paired") or {}).get(label)))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The Markdown table (plus what was evaluated) of a report dict as written to eval.json."""
+    lines = table(report, report["rows"])
     settings = report["settings"]
     out = [f"# sftpack eval: {', '.join(settings['tasks'])}", "",
            f"backend `{settings['backend']}`, limit {settings['limit']}, "

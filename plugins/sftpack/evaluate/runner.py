@@ -41,6 +41,15 @@ from sftpack.locks import hold
 
 DEFAULT_TASKS = ("gsm8k-local", "gsm8k-local-chat")
 CMMLU_KEY = "cmmlu_dir"  # the --metadata key eval_tasks/cmmlu-local/csv_loader.py reads
+# Retention task families -> (the --metadata key their loader reads, what it names): eval_tasks/*-local/
+RETENTION_DATA = {"cmmlu-local": (CMMLU_KEY, "folder"), "mmlu-local": ("mmlu_dir", "folder"),
+                  "squad-local": ("squad_file", "file")}
+
+
+def retention_family(task: str) -> str | None:
+    """The retention family of a task or group name (`cmmlu-local-agronomy` -> `cmmlu-local`), else None."""
+    return next((family for family in sorted(RETENTION_DATA, key=len, reverse=True)
+                 if task == family or task.startswith(family + "-")), None)
 
 
 @dataclass

@@ -53,11 +53,12 @@ def environment() -> dict[str, Any] | None:
     return json.loads(done.stdout) if done.returncode == 0 else None
 
 
-def eval_values(eval_report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """{label: {"task filter metric": value}} for the metrics the report shows."""
+def eval_values(eval_report: dict[str, Any], exclude: set[str] = frozenset()) -> dict[str, dict[str, float | None]]:
+    """{label: {"task filter metric": value}} for the metrics the report shows (tasks in `exclude` have their
+    own tables)."""
     values: dict[str, dict[str, float | None]] = {m["label"]: {} for m in eval_report["models"]}
     for row in eval_report["rows"]:
-        if row["metric"] not in EVAL_METRICS:
+        if row["metric"] not in EVAL_METRICS or row["task"] in exclude:
             continue
         key = f"{row['task']} {row['filter']} {row['metric']}"
         for label, cell in row["values"].items():
@@ -125,6 +126,10 @@ def build_summary(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
     pairs = [results[t.label] for t in pipeline.final_trains()]
     comparability = not_comparable(pairs[0], pairs[1], cores) if len(pairs) == 2 else []
     eval_report = json.loads(Path(ctx.outputs["eval"]["eval_json"]).read_text(encoding="utf-8"))
+    leaves = eval_report.get("task_leaves") or {}
+    retention = {name for r in pipeline.eval.retention for name in [r.task, *leaves.get(r.task, [])]}
+    generated = eval_report.get("generated_tasks") or []
+    own = {t["task"] for t in generated}
     return {
         "schema_version": SCHEMA_VERSION,
         "pipeline": {"name": pipeline.name, "path": pipeline.path, "description": pipeline.description},
@@ -133,7 +138,11 @@ def build_summary(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
         "fallbacks": fallbacks(pipeline, ctx.outputs["model"], ctx.outputs["data"]),
         "train": train,
         "eval": {"settings": eval_report["settings"], "base_label": eval_report["base_label"],
-                 "values": eval_values(eval_report), "eval_json": ctx.outputs["eval"]["eval_json"]},
+                 "values": eval_values(eval_report, retention | own), "eval_json": ctx.outputs["eval"]["eval_json"],
+                 "labels": [m["label"] for m in eval_report["models"]],
+                 "retention_rows": [row for row in eval_report["rows"] if row["task"] in retention],
+                 "dataset_rows": [row for row in eval_report["rows"] if row["task"] in own],
+                 "generated_tasks": generated},
         "stages": stages,
         "stages_wall_s": round(sum(s["elapsed_s"] for s in stages.values()), 1),
         "run_wall_s": round(time.monotonic() - ctx.started, 1),   # this run, before the report (skipped stages: 0)
@@ -141,6 +150,7 @@ def build_summary(pipeline: Pipeline, ctx: Context) -> dict[str, Any]:
         "threads": {t.label: ctx.outputs[t.stage].get("threads") for t in pipeline.train},
         "trained_together": overlapped(stages, [t.stage for t in pipeline.train]),
         "not_comparable": comparability,
+        "retention": [{"task": r.task, "data": str(r.path)} for r in pipeline.eval.retention],
         "environment": env,
     }
 
@@ -240,6 +250,29 @@ def _stage_words(m: dict[str, Any]) -> str:
     return words
 
 
+def _extra_eval_sections(summary: dict[str, Any]) -> list[str]:
+    """The retention table and the tables of eval.datasets' generated tasks: value [95 % interval], stderr and
+    each framework's delta to the base (sftpack.evaluate.results.table)."""
+    from sftpack.evaluate import results as res
+
+    evaluated = summary["eval"]
+    shape = {"models": [{"label": label} for label in evaluated.get("labels") or []],
+             "base_label": evaluated["base_label"]}
+    lines: list[str] = []
+    notes = ("Values: mean [95 % interval over the questions]; Δ: to the base on the same questions, \"n.s.\" when "
+             "the paired test gives p ≥ 0.05.")
+    if evaluated.get("retention_rows"):
+        data = {r["task"]: r["data"] for r in summary.get("retention", [])}
+        lines += ["", "## Retention: what the base model could do, after each training", "",
+                  "Data: " + "; ".join(f"`{task}` from `{path}`" for task, path in data.items()), "",
+                  *res.table(shape, evaluated["retention_rows"]), "", notes]
+    if evaluated.get("dataset_rows"):
+        lines += ["", "## Your datasets, prompted as trained (`eval.datasets`)", "",
+                  *res.table(shape, evaluated["dataset_rows"]), "", notes,
+                  *res.generated_tasks_markdown(evaluated.get("generated_tasks") or [])]
+    return lines
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     model, data, env = summary["model"], summary["data"], summary.get("environment") or {}
     lines = [f"# sftpack run: {summary['pipeline']['name']}", ""]
@@ -292,6 +325,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 b, v = values.get(base, {}).get(key), values[lab].get(key)
                 cells.append("—" if b is None or v is None else f"{v - b:+.3f}")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _extra_eval_sections(summary)
     lines += ["", "![eval](eval.png)", "", "## Training: loss, time and memory", "",
               *([f"**NOT COMPARABLE on time: {'; '.join(summary['not_comparable'])}.** The figures below were "
                  "measured under different conditions; do not read their ratio as a framework difference.", ""]

@@ -220,7 +220,10 @@ class TrainSpec:
                                    "on that, or continue training the same adapter")
     kind: str = key("sft", choices=("sft", "pt"), hint="sft, or pt: pretraining on plain text (LLaMA-Factory "
                                                        "stage pt, `swift pt`) from a `format: {to: text}` recipe")
+    mixture: str | None = key(None, hint="the name of a `mode: per_batch` mixture in data.recipes: its dataset "
+                                         "and the keys that keep each batch's composition are added to overrides")
     _at: At | None = field(default=None, repr=False, compare=False)   # its place: `config` resolves there
+    mixture_keys: dict[str, Any] = key(factory=dict, internal=True)   # what `mixture` added (set by the check)
 
     def check(self, at: At) -> None:
         owned = set(PIPELINE_KEYS[self.framework]) | (set(CONTINUE_KEYS[self.framework]) if self.after else set())
@@ -260,6 +263,40 @@ class TrainSpec:
 
 
 @dataclass
+class RetentionSpec:
+    """A retention task and the data its loader reads: `cmmlu-local[-SUBJECT]` / `mmlu-local[-SUBJECT]` (a CSV
+    folder) or `squad-local` (a SQuAD JSON file); `data` relative to the pipeline file."""
+
+    task: str = key(hint="cmmlu-local, mmlu-local (or one subject: cmmlu-local-agronomy) or squad-local")
+    data: str = key(hint="the CSV folder (cmmlu/mmlu) or SQuAD JSON file (squad), relative to the pipeline file")
+    _at: At | None = field(default=None, repr=False, compare=False)
+
+    def check(self, at: At) -> None:
+        from sftpack.evaluate.runner import RETENTION_DATA, retention_family
+
+        family = retention_family(self.task)
+        if family is None:
+            at["task"].error("not a retention task", self.task, f"a task of {sorted(RETENTION_DATA)} (or one of "
+                             "their subjects); other tasks go in eval.tasks")
+            return
+        kind = RETENTION_DATA[family][1]
+        path = self.path
+        if not (path.is_dir() if kind == "folder" else path.is_file()):
+            at["data"].error(f"no such {kind}", self.data, f"the {family} data {kind}",
+                             note=f"resolved: {looked(self.data, self._at)}")
+
+    @property
+    def path(self) -> Path:
+        return spec_path(self.data, self._at)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        from sftpack.evaluate.runner import RETENTION_DATA, retention_family
+
+        return {RETENTION_DATA[retention_family(self.task)][0]: str(self.path)}
+
+
+@dataclass
 class EvalSpec:
     tasks: list[str] = key(factory=lambda: ["gsm8k-local-chat"], hint="task names of eval_tasks/ or lm-eval")
     limit: int | None = key(40, ge=1, hint="questions per task; null = the whole test split")
@@ -271,24 +308,35 @@ class EvalSpec:
                                               "shipped with sftpack)")
     parallel: int | None = key(None, ge=1, le=16, hint="lm-eval runs at the same time (default: the pipeline's "
                                                        "`parallel`)")
+    retention: list[RetentionSpec] = key(factory=list, hint="retention tasks with their data, reported in their "
+                                                             "own table")
+    datasets: list[str] = key(factory=list, hint="dataset_info names the data stage writes (e.g. a recipe's _test "
+                                                  "split), evaluated with the training prompt (`sftpack eval "
+                                                  "--dataset`)")
     _at: At | None = field(default=None, repr=False, compare=False)   # its place: include_path resolves there
 
     def check(self, at: At) -> None:
+        for index, retention in enumerate(self.retention):
+            if retention.task in self.tasks:
+                at["retention", index, "task"].error("also in eval.tasks", retention.task, "one of the two")
         if self.include_path is not None and not self.tasks_folder.is_dir():
             at["include_path"].error("no such folder", self.include_path, "a folder of lm-eval task YAMLs (e.g. "
                                      "../../eval_tasks in a folder made by `sftpack init`)",
                                      note=f"resolved: {looked(self.include_path, self._at)}")
             return
-        if not self.tasks:
-            at["tasks"].error("empty", self.tasks, "at least one task name, e.g. [gsm8k-local-chat]")
+        if not self.tasks and not self.datasets:
+            at["tasks"].error("empty", self.tasks, "at least one task name, e.g. [gsm8k-local-chat] (or eval.datasets)")
         if not re.fullmatch(r"auto(:[0-9]+)?|[1-9][0-9]*", str(self.batch_size)):   # what lm-eval --batch_size takes
             at["batch_size"].error("invalid", self.batch_size, 'an integer >= 1, "auto" or "auto:N"')
-        unknown, known = unknown_tasks(self.tasks, self.tasks_folder)
-        for index, name in enumerate(self.tasks):
-            if name in unknown:
-                hint = spec.suggest(name, list(_declared_tasks(str(self.tasks_folder))))
-                at["tasks", index].error("unknown eval task", name, f"a task of {self.tasks_folder} ({known}) or an "
-                                         "lm-eval built-in task" + (f"; {hint}" if hint else ""))
+        retention = [r.task for r in self.retention]
+        unknown, known = unknown_tasks(self.tasks + retention, self.tasks_folder)
+        for where, names in (("tasks", self.tasks), ("retention", retention)):
+            for index, name in enumerate(names):
+                if name in unknown:
+                    hint = spec.suggest(name, list(_declared_tasks(str(self.tasks_folder))))
+                    place = at[where, index] if where == "tasks" else at[where, index, "task"]
+                    place.error("unknown eval task", name, f"a task of {self.tasks_folder} ({known}) or an "
+                                "lm-eval built-in task" + (f"; {hint}" if hint else ""))
 
     @property
     def tasks_folder(self) -> Path:
@@ -313,6 +361,8 @@ class Pipeline:
         if not self.train:
             at["train"].error("empty", [], f"one entry for each of {list(FRAMEWORKS)} (or a chain of entries each)")
             return
+        self._add_mixture_keys(at)
+        self._check_datasets(at)
         labels = [t.label for t in self.train]
         seen: dict[str, TrainSpec] = {}
         for index, t in enumerate(self.train):
@@ -350,6 +400,88 @@ class Pipeline:
         elif t.adapter == "continue" and method not in (None, "lora"):
             at["adapter"].error(f"continuing a LoRA adapter needs a LoRA stage; this one trains {method!r}",
                                 t.adapter, "adapter: merge, or a LoRA config")
+
+    def dataset_names(self) -> set[str] | None:
+        """The dataset_info names the data stage writes (the family's splits, each recipe's outputs, a per-batch
+        mixture's dataset); None when a recipe cannot be read (its own check says why)."""
+        from sftpack.converters import CONVERTERS
+        from sftpack.recipes.mixture import load_mixture
+        from sftpack.recipes.run import load_recipe
+
+        names = {f"{self.data.family}_{split}" for split in CONVERTERS[self.data.family].splits}
+        for recipe in self.data.recipes:
+            try:
+                if recipe.is_mixture:
+                    mix = load_mixture(recipe.path, recipe.var_values)
+                    names |= {mix.name} if mix.mode == "per_batch" else set()
+                else:
+                    names |= set(load_recipe(recipe.path, recipe.run_vars(Path("dataset_info"))).dataset_names())
+            except Exception:  # noqa: BLE001 - the recipe's own check reports it
+                return None
+        return names
+
+    def mixtures(self) -> dict[str, Any]:
+        """The mixtures of data.recipes that load: {name: sftpack.recipes.schema.Mixture}."""
+        from sftpack.recipes.mixture import load_mixture
+
+        found = {}
+        for recipe in self.data.recipes:
+            if recipe.is_mixture and recipe.path.is_file():
+                try:
+                    mix = load_mixture(recipe.path, recipe.var_values)
+                except Exception:  # noqa: BLE001 - the recipe's own check reports it
+                    continue
+                found[mix.name] = mix
+        return found
+
+    def _add_mixture_keys(self, at: At) -> None:
+        """A train entry's `mixture`: the per-batch mixture's keys for its framework join its overrides (the
+        dataset, no shuffling, the batch rule); an override that contradicts one is an error."""
+        from sftpack.recipes.mixture import per_batch_keys
+
+        mixtures = self.mixtures()
+        for index, t in enumerate(self.train):
+            if t.mixture is None:
+                continue
+            mix = mixtures.get(t.mixture)
+            if mix is None or mix.mode != "per_batch":
+                per_batch = sorted(n for n, m in mixtures.items() if m.mode == "per_batch")
+                at["train", index, "mixture"].error("not a per-batch mixture of data.recipes", t.mixture,
+                                                    f"one of {per_batch} (a `mixture:` file with mode: per_batch)")
+                continue
+            lf, swift = per_batch_keys(mix)
+            keys = {"llamafactory": lf, "swift": swift}[t.framework]
+            clash = {k: v for k, v in t.overrides.items() if k in keys and keys[k] != v}
+            if clash:
+                at["train", index, "overrides"].error(f"contradicts mixture {t.mixture}'s keys", clash,
+                                                      f"none of them, or the mixture's values {keys}")
+                continue
+            t.mixture_keys = dict(keys)
+            t.overrides = {**keys, **t.overrides}
+
+    def _check_datasets(self, at: At) -> None:
+        """Every dataset a train entry (config + overrides) or eval.datasets names is one the data stage writes:
+        a typo is an error now, not a framework's error after the model and data stages."""
+        from sftpack.training import merged_config
+
+        names = self.dataset_names()
+        if names is None:
+            return
+        written = f"the data stage writes {sorted(names)} (data.family's splits and data.recipes' outputs)"
+        for index, t in enumerate(self.train):
+            if not t.config_path.is_file():
+                continue
+            value = merged_config(t.config_path, t.overrides).get("dataset")
+            given = value.split(",") if isinstance(value, str) else list(value or [])
+            for name in given:
+                name = str(name).strip().split("#")[0]   # Swift's name#N
+                if name and name not in names:
+                    place = at["train", index, "overrides", "dataset"] if "dataset" in t.overrides else \
+                        at["train", index, "config"]
+                    place.error(f"dataset {name!r} is not written by this pipeline", value, written)
+        for index, name in enumerate(self.eval.datasets):
+            if name not in names:
+                at["eval", "datasets", index].error("not written by this pipeline", name, written)
 
     def final_trains(self) -> list[TrainSpec]:
         """The last entry of each framework: the models the eval scores (labelled by framework)."""

@@ -433,23 +433,37 @@ def eval_inputs(pipeline: Pipeline) -> dict[str, Any]:
               "versions": versions(*EVAL_PACKAGES)}
     if spec.include_path is not None:
         inputs["include_path"] = str(spec.tasks_folder)
+    if spec.retention:   # the retention data by content
+        inputs["retention"] = [{"task": r.task, "data": r.data, "sha256": tree_sha256(r.path)} for r in spec.retention]
+    if spec.datasets:    # their rows are the data stage's (read): the names and the prompt's config matter
+        inputs["datasets"] = list(spec.datasets)
     if eval_parallel(pipeline) > 1:   # the threads each lm-eval gets
         inputs["parallel"] = eval_parallel(pipeline)
     return inputs
 
 
-def _chat_tasks(pipeline: Pipeline, model: str, folder: Path) -> Path:
-    """The task folder for the eval: the shipped `eval_tasks/`, or -- when the training configs (with their
-    overrides) train another chat format than the shipped chat task's (another template or system prompt) -- a copy
-    of it in `<eval>/tasks/` whose chat task is generated from that format, so that inference uses the training
-    prompt. Train entries that train different chat formats cannot share one chat task: an error saying so."""
-    import shutil
-
+def _training_config(spec: TrainSpec, folder: Path) -> Path:
+    """A train entry's config as it trains (config + overrides) written to `folder`, for the task generators."""
     import yaml
 
     from sftpack.artifacts import write_text
-    from sftpack.evaluate import tasks as tasklib
     from sftpack.training import merged_config
+
+    config = folder / f"{spec.stage}.config.yaml"
+    write_text(config, yaml.safe_dump(merged_config(spec.config_path, spec.overrides), sort_keys=False))
+    return config
+
+
+def _chat_tasks(pipeline: Pipeline, model: str, folder: Path) -> Path:
+    """The task folder for the eval: the shipped `eval_tasks/`, or -- when the training configs (with their
+    overrides) train another chat format than the shipped chat task's (another template or system prompt) -- a copy
+    of it in `<eval>/chat_tasks/` whose chat task is generated from that format, so that inference uses the training
+    prompt (`<eval>/tasks/` holds the tasks of eval.datasets). Train entries that train different chat formats
+    cannot share one chat task: an error saying so."""
+    import shutil
+
+    from sftpack.artifacts import write_text
+    from sftpack.evaluate import tasks as tasklib
 
     shipped_tasks = pipeline.eval.tasks_folder
     if tasklib.CHAT_TASK not in pipeline.eval.tasks:
@@ -457,8 +471,7 @@ def _chat_tasks(pipeline: Pipeline, model: str, folder: Path) -> Path:
 
     rendered: dict[str, str] = {}
     for spec in pipeline.final_trains():
-        config = folder / f"{spec.stage}.config.yaml"   # the run's config as trained, for the generator
-        write_text(config, yaml.safe_dump(merged_config(spec.config_path, spec.overrides), sort_keys=False))
+        config = _training_config(spec, folder)   # the run's config as trained, for the generator
         body = tasklib.chat_task_yaml(config, tokenizer=model)
         rendered[spec.stage] = body.split("include:", 1)[1]   # the task itself, without the header comment
     if len(set(rendered.values())) > 1:
@@ -468,7 +481,7 @@ def _chat_tasks(pipeline: Pipeline, model: str, folder: Path) -> Path:
     shipped = (shipped_tasks / f"{tasklib.CHAT_TASK}.yaml").read_text(encoding="utf-8").split("include:", 1)[1]
     if not rendered or next(iter(rendered.values())) == shipped:
         return shipped_tasks
-    tasks = folder / "tasks"
+    tasks = folder / "chat_tasks"
     shutil.rmtree(tasks, ignore_errors=True)
     shutil.copytree(shipped_tasks, tasks, ignore=shutil.ignore_patterns("__pycache__"))
     write_text(tasks / f"{tasklib.CHAT_TASK}.yaml", body)
@@ -509,10 +522,16 @@ def eval_stage(pipeline: Pipeline, verbose: bool = True):
 
         spec = pipeline.eval
         folder = ctx.dir("eval")
-        settings = Settings(tasks=list(spec.tasks), limit=spec.limit, device=spec.device,
-                            batch_size=str(spec.batch_size), dtype=spec.dtype, gen_kwargs=spec.gen_kwargs,
-                            workdir=ctx.outputs["data"]["workdir"], parallel=eval_parallel(pipeline),
+        metadata = {key: value for r in spec.retention for key, value in r.metadata.items()}
+        settings = Settings(tasks=list(spec.tasks) + [r.task for r in spec.retention], limit=spec.limit,
+                            device=spec.device, batch_size=str(spec.batch_size), dtype=spec.dtype,
+                            gen_kwargs=spec.gen_kwargs, workdir=ctx.outputs["data"]["workdir"],
+                            parallel=eval_parallel(pipeline), metadata=metadata,
                             include_path=str(_chat_tasks(pipeline, ctx.outputs["model"]["path"], folder)))
+        if spec.datasets:   # prompted as the (first) final training renders them, its merged config written here
+            settings.datasets = list(spec.datasets)
+            settings.train_config = str(_training_config(pipeline.final_trains()[0], folder))
+            settings.dataset_dir = str(Path(ctx.outputs["data"]["workdir"]) / "dataset_info")
         tuned = [f"{t.framework}={_eval_model(pipeline, t, ctx, folder)}" for t in finals]
         env = _env(ctx, "eval", pipeline)
         if eval_parallel(pipeline) > 1:
