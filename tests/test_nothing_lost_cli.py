@@ -51,9 +51,15 @@ def sftpack(*args, cwd: Path, timeout: float = 180, **kwargs) -> subprocess.Comp
                           timeout=timeout, **kwargs)
 
 
+def _terminal_signals() -> None:
+    """In the child: SIGHUP as a terminal session has it, even when the tests run under nohup (which ignores it,
+    and sftpack then keeps ignoring it on purpose)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def start(*args, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([PY, "-m", "sftpack", *map(str, args)], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_terminal_signals)
 
 
 def error_line(done: subprocess.CompletedProcess) -> str:

@@ -106,6 +106,7 @@ class Adapter:
     model_key: str = ""                   # the config key naming the model (its tokenizer renders the chat format)
     config_keys: tuple[str, ...] = ()     # keys only this framework's training configs have
     memory_traits: MemoryTraits | None = None   # for `sftpack estimate`
+    kind_keys: tuple[str, ...] = ()       # config keys `command(kind=...)` sets (a pipeline's `kind` owns them)
 
     # -- the command ----------------------------------------------------------------------------------------
     def command(self, config: Path, overrides: Mapping[str, Any], kind: str = "sft") -> list[str]:

@@ -106,6 +106,7 @@ class LlamaFactory(Adapter):
     log_file, raw_logs = LOG, (LOG,) + RESULTS
     tiny_cpu = {"bf16": False, "preprocessing_num_workers": 1, "plot_loss": False, "dataloader_num_workers": 0}
     model_key, config_keys = "model_name_or_path", ("model_name_or_path", "stage", "finetuning_type")
+    kind_keys = ("stage",)
 
     def command(self, config: Path, overrides: Mapping[str, Any], kind: str = "sft") -> list[str]:
         overrides = {"stage": "pt", **overrides} if kind == "pt" else overrides   # LF's pretraining: stage pt

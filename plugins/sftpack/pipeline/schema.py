@@ -201,10 +201,6 @@ class DataSpec:
         return str(local) if local.exists() else source   # else a hub id
 
 
-# Keys a chained stage's config may not set: the pipeline loads the earlier stage's adapter itself.
-CONTINUE_KEYS = {"llamafactory": ("adapter_name_or_path", "create_new_adapter"), "swift": ("adapters",)}
-
-
 @dataclass
 class TrainSpec:
     framework: str = key(choices=FRAMEWORKS)
@@ -226,12 +222,15 @@ class TrainSpec:
     mixture_keys: dict[str, Any] = key(factory=dict, internal=True)   # what `mixture` added (set by the check)
 
     def check(self, at: At) -> None:
-        owned = set(PIPELINE_KEYS[self.framework]) | (set(CONTINUE_KEYS[self.framework]) if self.after else set())
+        adapter = fw.adapter(self.framework)
+        # a chained stage: the pipeline loads the earlier stage's adapter with the framework's own keys
+        chained = set(adapter.continue_adapter(Path("."))) if self.after else set()
+        owned = set(PIPELINE_KEYS[self.framework]) | chained
         for name in sorted(set(self.overrides) & owned):
             at["overrides", name].error("set by the pipeline itself; remove it", expected=f"none of {sorted(owned)}")
-        if "stage" in self.overrides and self.framework == "llamafactory":
-            at["overrides", "stage"].error("the pipeline sets it from `kind`", self.overrides["stage"],
-                                           "kind: pt (stage pt) or kind: sft (the config's stage)")
+        for name in sorted(set(self.overrides) & set(adapter.kind_keys)):
+            at["overrides", name].error("the pipeline sets it from `kind`", self.overrides[name],
+                                        "kind: pt (pretraining) or kind: sft (the config's own)")
         if not self.config_path.is_file():
             at["config"].error("no such file", self.config, "a framework config YAML, relative to the pipeline file",
                                note=f"resolved: {looked(self.config, self._at)}")
