@@ -22,7 +22,6 @@ import argparse
 import json
 import shutil
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -79,8 +78,8 @@ def answer_nll(model_dir: Path, questions: int) -> float:
     return round(total / count, 3)
 
 
-def collect(run: Path, shipped: dict, nll: int) -> list[dict]:
-    summary = json.loads((run / "report" / "summary.json").read_text(encoding="utf-8"))
+def collect(run: Path, summary: dict, shipped: dict, nll: int) -> list[dict]:
+    """One row per trained model of the run whose report/summary.json is `summary`."""
     pipeline = Path(summary["pipeline"]["path"])
     values = summary["eval"]["values"]
     rows = []
@@ -141,20 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(r) for r in args.runs if not (r / "report" / "summary.json").is_file()]
     if missing:
         parser.error(f"no report/summary.json in: {', '.join(missing)}")
-    import os
-    import subprocess
+    from sftpack.provenance import capture, git_sha, utc_now
 
-    now = datetime.now(timezone.utc)
+    summaries = {run: json.loads((run / "report" / "summary.json").read_text(encoding="utf-8")) for run in args.runs}
     shipped = yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
-    git = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
-                         text=True).stdout.strip()
-    result = {"schema_version": SCHEMA_VERSION, "created_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "git": git,
-              "cores": os.cpu_count(), "nll_questions": args.nll, "notes": args.note,
-              "rows": [row for run in args.runs for row in collect(run, shipped, args.nll)]}
-    out = args.out or DEFAULT_OUT / now.strftime("%Y%m%dT%H%M%SZ")
+    created, environment = utc_now(), capture()
+    result = {"schema_version": SCHEMA_VERSION, "created_utc": created, "git": git_sha(),
+              "cores": environment["cpu"]["usable_cores"], "environment": environment, "nll_questions": args.nll,
+              "notes": args.note,
+              "rows": [row for run, summary in summaries.items() for row in collect(run, summary, shipped, args.nll)]}
+    out = args.out or DEFAULT_OUT / created.replace("-", "").replace(":", "")
     (out / "pipelines").mkdir(parents=True, exist_ok=True)
-    for run in args.runs:   # each run's pipeline as it ran, beside the result
-        summary = json.loads((run / "report" / "summary.json").read_text(encoding="utf-8"))
+    for run, summary in summaries.items():   # each run's pipeline as it ran, beside the result
         if Path(summary["pipeline"]["path"]).is_file():
             shutil.copy(summary["pipeline"]["path"], out / "pipelines" / f"{run.name}.yaml")
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
