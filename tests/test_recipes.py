@@ -496,7 +496,7 @@ def test_steps_listing_names_every_registered_step(capsys):
     assert cli("--steps") == 0
     listing = capsys.readouterr().out
     for name in ("exact_dedup", "near_dedup", "filter_length", "filter_tokens", "tag_language", "tag_category",
-                 "sample", "quota", "prompt_template", "mcq_augment", "epoch_split", "format"):
+                 "sample", "quota", "prompt_template", "mcq_augment", "epoch_split", "format", "compact_solution"):
         assert name in STEPS and f"\n{name} (" in "\n" + listing
 
 
@@ -617,3 +617,36 @@ output:
     written = rows_of(tmp_path / "out" / "mmlu_dev.jsonl")
     assert result.outputs[0].rows == len(written) == 2 * 5 * 2
     assert Counter(r["subject"] for r in written) == {"anatomy_dev": 10, "astronomy_dev": 10}
+
+
+def test_compact_solution_keeps_the_equations_and_the_answer_line(tmp_path, shared_data, guarded, capsys):
+    """The shipped gsm8k_equations recipe on real GSM8K rows, checked against the rows' own annotations; `keep: final`;
+    a solution without a `#### N` line is an error naming file, line and field, and nothing is written."""
+    source = tmp_path / "prepared"
+    source.mkdir()
+    rows = rows_of(shared_data / "gsm8k" / "train.jsonl")[:300]
+    (source / "gsm8k_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = run(RECIPES / "gsm8k_equations.yaml", tmp_path / "eq", var_overrides={"dataset_info": str(source)})
+    written = rows_of(tmp_path / "eq" / "gsm8k_equations.jsonl")
+    assert result is not None and len(written) == len(rows)
+    for row, out in zip(rows, written):
+        equations = [part.split(">>")[0] for part in row["answer"].split("<<")[1:]]
+        final = row["answer"].rstrip().splitlines()[-1].strip()
+        assert out == {**row, "answer": "\n".join(equations + [final])}
+    assert written[0]["answer"] == "48/2=24\n48+24=72\n#### 72"
+    assert json.loads((tmp_path / "eq" / "dataset_info.json").read_text())["gsm8k_equations"]["columns"] == \
+        {"prompt": "question", "response": "answer"}
+
+    recipe = write_recipe(tmp_path / "final", GSM_RECIPE.format(path=source / "gsm8k_train.jsonl",
+                                                                steps="  - compact_solution: {keep: final}"))
+    run(recipe, tmp_path / "final_out")
+    assert [r["answer"] for r in rows_of(tmp_path / "final_out" / "out.jsonl")] == \
+        [r["answer"].rstrip().splitlines()[-1].strip() for r in rows]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"question": "q", "answer": "no answer line"}) + "\n",
+                   encoding="utf-8")
+    recipe = write_recipe(tmp_path / "bad", GSM_RECIPE.format(path=bad, steps="  - compact_solution: {}"))
+    assert cli(str(recipe), "--out", str(guarded)) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: line 2, field 'answer'" in err and "#### <number>" in err

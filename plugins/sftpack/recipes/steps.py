@@ -501,6 +501,35 @@ class PromptTemplate(MapStep):
         return out
 
 
+@register("compact_solution")
+@dataclass(kw_only=True)
+class CompactSolution(MapStep):
+    """Shorten GSM8K-style solutions in `field` (default `answer`), keeping the final `#### <number>` line that
+    lm-eval's strict match reads: `keep: equations` keeps each `<<48/2=24>>` calculator annotation's equation, one
+    per line, then the final line ("48/2=24\\n48+24=72\\n#### 72"); `keep: final` keeps the final line only. A
+    value whose last line is not `#### <number>` is an error naming the field. For small models on a CPU budget
+    (benchmarks/README.md, "Format rate at the demo's budget"); eval data keeps its full solutions."""
+
+    field: str = "answer"
+    keep: Literal["equations", "final"] = "equations"
+
+    def apply(self, row, ctx: RowContext):
+        from sftpack.answer import ends_with_answer
+
+        text = feat.field_text(row, ctx.tags, self.field, self._tags)
+        if not ends_with_answer(text):
+            tail = text.rstrip().rsplit("\n", 1)[-1]
+            raise FieldError(self.field, f"last line must be '#### <number>', got {tail!r:.60}")
+        final = text.rstrip().rsplit("\n", 1)[-1].strip()
+        steps = CALCULATOR_RE.findall(text) if self.keep == "equations" else []
+        out = dict(row)
+        out[self.field] = "\n".join([*steps, final])
+        return out
+
+
+CALCULATOR_RE = re.compile(r"<<([^<>]*)>>")   # GSM8K's calculator annotations: <<48/2=24>>
+
+
 # ---------------------------------------------------------------------------------------------- MCQ
 
 
