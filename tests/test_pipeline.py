@@ -249,7 +249,7 @@ def test_offline_model_and_data_stages_take_the_fallbacks_without_a_hub_call(tmp
 
     pipeline = Pipeline.from_dict({
         "name": "offline", "model": {"path": "sftpack-tests/no-such-model", "download": True, "build_shape": "tiny"},
-        "data": {"family": "gsm8k", "source": "openai/gsm8k", "fallback_source": "sample"},
+        "data": {**_default()["data"], "source": "openai/gsm8k", "fallback_source": "sample"},
         "train": _default()["train"]})
     assert go_offline() == "offline: HF_HUB_OFFLINE=1"
     started = time.monotonic()
@@ -273,7 +273,7 @@ def test_offline_model_and_data_stages_take_the_fallbacks_without_a_hub_call(tmp
 def test_offline_data_without_a_fallback_names_the_fix(tmp_path, hub_offline):
     from sftpack.pipeline.steps import data_stage
 
-    pipeline = Pipeline.from_dict({**_default(), "data": {"family": "gsm8k", "source": "openai/gsm8k"}})
+    pipeline = Pipeline.from_dict({**_default(), "data": {**_default()["data"], "source": "openai/gsm8k"}})
     with pytest.raises(StageFailed, match=r"'openai/gsm8k' is a hub id and this run is offline: HF_HUB_OFFLINE=1"):
         run_stages([data_stage(pipeline)], tmp_path)
     assert hub_offline == []
