@@ -19,6 +19,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -109,7 +110,11 @@ def test_hf_commands():
                         gen_kwargs="max_gen_toks=64", metadata={"cmmlu_dir": "/data/cmmlu"}, extra_args=["--seed", "1"])
     adapter = EvalModel("lf", "adapter", "/runs/lf", base="/models/base", lora_rank=16)
     cmd = lm_eval_command(adapter, settings, Path("/out"), num_fewshot=8)
-    assert Path(cmd[0]).name == "lm_eval"
+    # every task in the task folders: lm-eval's own CLI without its built-in task index; else the plain script
+    assert cmd[:3] == [sys.executable, "-m", "sftpack.evaluate.lm_eval_local"]
+    plain = lm_eval_command(adapter, settings, Path("/out"), num_fewshot=8, plain=True)
+    builtin = lm_eval_command(adapter, replace(settings, builtin_tasks=["hellaswag"]), Path("/out"), num_fewshot=8)
+    assert Path(plain[0]).name == Path(builtin[0]).name == "lm_eval" and plain[1:] == builtin[1:] == cmd[3:]
     assert cmd[cmd.index("--model") + 1] == "hf"
     assert cmd[cmd.index("--model_args") + 1] == "pretrained=/models/base,peft=/runs/lf,dtype=float32"
     assert cmd[cmd.index("--tasks") + 1] == "gsm8k-local,gsm8k-local-chat"
@@ -121,6 +126,9 @@ def test_hf_commands():
     assert model_args(merged, Settings()) == "pretrained=/runs/full"
     assert model_args(merged, Settings(extra_model_args="parallelize=True")) == "pretrained=/runs/full,parallelize=True"
     multi = lm_eval_command(merged, Settings(num_processes=4), Path("/out"), None)
+    assert [Path(multi[0]).name] + multi[1:6] == ["accelerate", "launch", "--num_processes", "4", "-m",
+                                                  "sftpack.evaluate.lm_eval_local"]
+    multi = lm_eval_command(merged, Settings(num_processes=4), Path("/out"), None, plain=True)
     assert [Path(multi[0]).name] + multi[1:6] == ["accelerate", "launch", "--num_processes", "4", "-m", "lm_eval"]
     assert "--num_fewshot" not in multi and "--device" not in multi
 
@@ -283,7 +291,9 @@ def test_task_errors_name_the_fix(gsm8k_task, tmp_path):
         check_tasks(["gsm8k-locl"], fw.EVAL_TASKS, gsm8k_task.root)
     assert "unknown task(s) ['gsm8k-locl']" in str(err.value)
     assert "gsm8k-local-chat" in str(err.value) and "cmmlu-local (group of 67 tasks" in str(err.value)
-    assert check_tasks(["hellaswag"], fw.EVAL_TASKS, gsm8k_task.root) == {"hellaswag": ["hellaswag"]}  # built-in
+    found = []    # a built-in task: lm-eval's CLI must index its own tasks to run it (runner.lm_eval_command)
+    assert check_tasks(["hellaswag", "gsm8k-local"], fw.EVAL_TASKS, gsm8k_task.root, found_builtin=found) == {
+        "hellaswag": ["hellaswag"], "gsm8k-local": ["gsm8k-local"]} and found == ["hellaswag"]
     with pytest.raises(SftpackError, match=r"reads dataset_info/gsm8k_train.jsonl.* does not exist; create it with "
                                            r"`sftpack prepare gsm8k --source openai/gsm8k --out "):
         check_tasks(["gsm8k-local-chat"], fw.EVAL_TASKS, tmp_path)
@@ -397,3 +407,36 @@ def test_sftpack_eval_vllm_backend(trained, tmp_path):
     report = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     assert "lora_local_path=" in " ".join(report["models"][1]["runs"][0]["command"])
     assert {r["metric"] for r in report["rows"]} >= {"exact_match", "format_rate"}
+
+
+@pytest.mark.integration
+def test_lm_eval_local_is_the_lm_eval_script_without_the_builtin_index(tiny_model, sample_workdir, tmp_path, env,
+                                                                       capsys):
+    """`python -m sftpack.evaluate.lm_eval_local ARGS` (what `sftpack eval` runs when every task is in its task
+    folders) and the `lm_eval` script with the same ARGS: the same requests, generations, scores and files."""
+    import time
+
+    args = ["--model", "hf", "--model_args", f"pretrained={tiny_model}", "--tasks", "gsm8k-local-chat,gsm8k-local",
+            "--include_path", str(fw.EVAL_TASKS), "--limit", "2", "--gen_kwargs", "max_gen_toks=8", "--device", "cpu",
+            "--batch_size", "2", "--log_samples"]
+    walls = {}
+    for name, cmd in (("script", [fw.executable("lm_eval")]),
+                      ("local", [sys.executable, "-m", "sftpack.evaluate.lm_eval_local"])):
+        started = time.monotonic()
+        done = subprocess.run([*cmd, *args, "--output_path", str(tmp_path / name)], cwd=sample_workdir, env=env,
+                              capture_output=True, text=True, timeout=300)
+        walls[name] = time.monotonic() - started
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with capsys.disabled():
+        print(f"\nlm_eval script {walls['script']:.1f} s, lm_eval_local {walls['local']:.1f} s")
+
+    def read(name):
+        run = results.read_run(tmp_path / name)
+        samples = {task: [{k: v for k, v in json.loads(line).items() if k != "doc_hash"}
+                          for line in path.read_text(encoding="utf-8").splitlines()]
+                   for task, path in run.samples_files.items()}
+        return run.results["results"], run.results["n-shot"], run.results["configs"], samples
+
+    script, local = read("script"), read("local")
+    assert script == local and set(local[3]) == {"gsm8k-local-chat", "gsm8k-local"}
+    assert all(sorted({row["doc_id"] for row in rows}) == [0, 1] for rows in local[3].values())

@@ -105,7 +105,8 @@ def test_lm_eval_scores_each_frameworks_adapter(adapter_eval, lora_runs, name):
     report = json.loads((adapter_eval.out / "eval.json").read_text(encoding="utf-8"))
     (run,) = next(m for m in report["models"] if m["label"] == name)["runs"]
     cmd = run["command"]
-    assert Path(cmd[0]).name == "lm_eval" and cmd[cmd.index("--model") + 1] == "hf"
+    assert cmd[1:3] == ["-m", "sftpack.evaluate.lm_eval_local"] and cmd[cmd.index("--model") + 1] == "hf"
+    assert Path(run["lm_eval_command"][0]).name == "lm_eval" and run["lm_eval_command"][1:] == cmd[3:]
     assert "gsm8k-local" in cmd[cmd.index("--tasks") + 1].split(",")
     assert cmd[cmd.index("--include_path") + 1] == str(fw.EVAL_TASKS)
     results = json.loads(Path(run["results_file"]).read_text())

@@ -160,13 +160,16 @@ def test_from_an_empty_folder_init_prepare_train_eval_run(fresh, tmp_path_factor
     sftpack("run", "benchmarks/pipelines/quick.yaml", "--offline", log="run")
     out = work / "runs" / "pipelines" / "quick"
     assert (out / "report" / "report.md").is_file() and (out / "eval" / "eval.json").is_file()
-    # the eval stage: the user's lm_eval (FRESH's script) with --include_path on the copied task folder
+    # the eval stage: the user's lm-eval (FRESH's, its CLI through the wheel's sftpack.evaluate.lm_eval_local; the
+    # same run as FRESH's `lm_eval` script) with --include_path on the copied task folder
     models = json.loads((out / "eval" / "eval.json").read_text())["models"]
     assert len(models) == 1 + len(fw.FRAMEWORKS)
     for model in models:
         (run,) = model["runs"]
         cmd = run["command"]
-        assert cmd[0] == str(bin_ / "lm_eval") and cmd[cmd.index("--include_path") + 1] == str(work / "eval_tasks")
+        assert Path(cmd[0]).parent == bin_ and cmd[1:3] == ["-m", "sftpack.evaluate.lm_eval_local"]
+        assert run["lm_eval_command"] == [str(bin_ / "lm_eval"), *cmd[3:]]
+        assert cmd[cmd.index("--include_path") + 1] == str(work / "eval_tasks")
         results = json.loads(Path(run["results_file"]).read_text())
         for task, shots in (("gsm8k-local-chat", 0), ("gsm8k-local", 5)):
             assert results["n-samples"][task]["effective"] == 1 and results["n-shot"][task] == shots, task

@@ -112,9 +112,10 @@ def _prepare_hint(relative: str, workdir: Path) -> str:
 
 
 def check_tasks(names: list[str], include_path: Path | list[Path], workdir: Path,
-                metadata: dict[str, Any] | None = None) -> dict[str, list[str]]:
+                metadata: dict[str, Any] | None = None, found_builtin: list[str] | None = None) -> dict[str, list[str]]:
     """Check every task name and its data; return {name: its leaf tasks}. `include_path`: one task folder or
-    several (a later one's task wins). Raises SftpackError."""
+    several (a later one's task wins). `found_builtin`, when given, gets the names that are lm-eval's built-in tasks
+    (not in the folders). Raises SftpackError."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
     given = include_path if isinstance(include_path, (list, tuple)) else [include_path]
@@ -131,6 +132,8 @@ def check_tasks(names: list[str], include_path: Path | list[Path], workdir: Path
         if missing:
             raise SftpackError(f"unknown task(s) {missing}: not in {where} (nor lm-eval's built-in tasks). "
                                f"Tasks in {where}: {available(manager)}")
+        if found_builtin is not None:
+            found_builtin.extend(unknown)
     leaves: dict[str, list[str]] = {}
     custom = []
     for name in names:
