@@ -410,33 +410,33 @@ def test_sftpack_eval_vllm_backend(trained, tmp_path):
 
 
 @pytest.mark.integration
-def test_lm_eval_local_is_the_lm_eval_script_without_the_builtin_index(tiny_model, sample_workdir, tmp_path, env,
-                                                                       capsys):
-    """`python -m sftpack.evaluate.lm_eval_local ARGS` (what `sftpack eval` runs when every task is in its task
-    folders) and the `lm_eval` script with the same ARGS: the same requests, generations, scores and files."""
+def test_lm_eval_local_is_the_lm_eval_script_without_the_builtin_index(adapter_eval, tmp_path, env, capsys):
+    """What `sftpack eval` ran for the LF adapter (`python -m sftpack.evaluate.lm_eval_local ARGS`: every task is in
+    the task folders) and the plain `lm_eval` script with the same ARGS (eval.json's `lm_eval_command`): the same
+    requests, generations, scores, task configs and samples."""
     import time
 
-    args = ["--model", "hf", "--model_args", f"pretrained={tiny_model}", "--tasks", "gsm8k-local-chat,gsm8k-local",
-            "--include_path", str(fw.EVAL_TASKS), "--limit", "2", "--gen_kwargs", "max_gen_toks=8", "--device", "cpu",
-            "--batch_size", "2", "--log_samples"]
-    walls = {}
-    for name, cmd in (("script", [fw.executable("lm_eval")]),
-                      ("local", [sys.executable, "-m", "sftpack.evaluate.lm_eval_local"])):
-        started = time.monotonic()
-        done = subprocess.run([*cmd, *args, "--output_path", str(tmp_path / name)], cwd=sample_workdir, env=env,
-                              capture_output=True, text=True, timeout=300)
-        walls[name] = time.monotonic() - started
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((adapter_eval.out / "eval.json").read_text(encoding="utf-8"))
+    (run,) = next(m for m in report["models"] if m["label"] == "lf")["runs"]
+    assert run["command"][1:3] == ["-m", "sftpack.evaluate.lm_eval_local"]
+    plain = list(run["lm_eval_command"])
+    assert Path(plain[0]).name == "lm_eval" and plain[1:] == run["command"][3:]
+    plain[plain.index("--output_path") + 1] = str(tmp_path / "plain")
+    started = time.monotonic()
+    done = subprocess.run(plain, cwd=report["settings"]["workdir"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with capsys.disabled():
-        print(f"\nlm_eval script {walls['script']:.1f} s, lm_eval_local {walls['local']:.1f} s")
+        print(f"\nplain lm_eval {time.monotonic() - started:.1f} s, lm_eval_local {run['wall_s']:.1f} s "
+              f"(beside the two other runs of the eval)")
 
-    def read(name):
-        run = results.read_run(tmp_path / name)
+    def read(found):
         samples = {task: [{k: v for k, v in json.loads(line).items() if k != "doc_hash"}
                           for line in path.read_text(encoding="utf-8").splitlines()]
-                   for task, path in run.samples_files.items()}
-        return run.results["results"], run.results["n-shot"], run.results["configs"], samples
+                   for task, path in found.samples_files.items()}
+        return found.results["results"], found.results["n-shot"], found.results["configs"], samples
 
-    script, local = read("script"), read("local")
-    assert script == local and set(local[3]) == {"gsm8k-local-chat", "gsm8k-local"}
-    assert all(sorted({row["doc_id"] for row in rows}) == [0, 1] for rows in local[3].values())
+    local = read(results.read_run(Path(run["results_file"]).parent))
+    assert read(results.read_run(tmp_path / "plain")) == local
+    assert set(local[3]) >= {"gsm8k-local-chat", "gsm8k-local"}
+    assert all(sorted({row["doc_id"] for row in rows}) == list(range(adapter_eval.limit)) for rows in local[3].values())
