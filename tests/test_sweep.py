@@ -244,10 +244,10 @@ def test_cpu_example_runs_is_killed_resumes_and_records_a_failed_cell(tmp_path, 
                           {"framework": ["llamafactory"], "method": ["lora"], "learning_rate": [1.0e-3],
                            "lr_scheduler_type": ["no_such_schedule"]}])    # fails at LF's argument parsing
     # Less work per cell than the shipped example (which stays as it is): 8 training rows tokenised instead of 1,000
-    # (LF max_samples, Swift's `#8` sampling), 3 steps of batch 2 (step 1 is warm-up at lr 0: with 3 the last logged
+    # (LF max_samples, Swift's `#8` sampling of the base's dataset), 3 steps of batch 2 (step 1 is warm-up at lr 0: with 3 the last logged
     # loss follows a step at the cell's learning rate); still a loss per step and a saved model.
     data["overrides"]["llamafactory"].update(max_steps=3, per_device_train_batch_size=2, max_samples=8)
-    data["overrides"]["swift"].update(max_steps=3, per_device_train_batch_size=2, dataset=["gsm8k_train#8"])
+    data["overrides"]["swift"].update(max_steps=3, per_device_train_batch_size=2, dataset=["gsm8k_equations#8"])
     sweep_file = _write(tmp_path, data)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "sftpack.sweep", str(sweep_file), "--out", str(out)]
