@@ -281,6 +281,26 @@ def test_format_rate_regex_is_lm_evals_strict_match(gsm8k_task):
     assert ANSWER_RE.pattern == "#### (\\-?[0-9\\.\\,]+)"
 
 
+def test_a_group_naming_builtin_tasks_runs_the_plain_lm_eval(sample_workdir, tmp_path):
+    """A group in an added task folder whose members include lm-eval's built-in tasks: its built-in members are
+    found (so `sftpack eval` runs the plain `lm_eval`, which indexes them); a member that is nowhere is an error
+    naming the group's file, not a KeyError."""
+    from sftpack.evaluate.tasks import check_tasks
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "mixed.yaml").write_text("group: my-mixed\ntask:\n  - gsm8k-local\n  - arc_easy\n")
+    (mine / "broken.yaml").write_text("group: my-broken\ntask:\n  - gsm8k-local\n  - no_such_task_xyz\n")
+    found = []
+    assert check_tasks(["my-mixed"], [fw.EVAL_TASKS, mine], sample_workdir, found_builtin=found) == {
+        "my-mixed": ["gsm8k-local", "arc_easy"]} and found == ["arc_easy"]
+    cmd = lm_eval_command(EvalModel("base", "base", "/m"), Settings(tasks=["my-mixed"], builtin_tasks=found),
+                          Path("/out"), None)
+    assert Path(cmd[0]).name == "lm_eval"
+    with pytest.raises(SftpackError, match=r"group my-broken .*broken.yaml.*\['no_such_task_xyz'\]: not in"):
+        check_tasks(["my-broken"], [fw.EVAL_TASKS, mine], sample_workdir)
+
+
 @pytest.mark.xdist_group("gsm8k_task")
 def test_task_errors_name_the_fix(gsm8k_task, tmp_path):
     from sftpack.evaluate.tasks import check_tasks

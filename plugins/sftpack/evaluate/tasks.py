@@ -115,7 +115,7 @@ def check_tasks(names: list[str], include_path: Path | list[Path], workdir: Path
                 metadata: dict[str, Any] | None = None, found_builtin: list[str] | None = None) -> dict[str, list[str]]:
     """Check every task name and its data; return {name: its leaf tasks}. `include_path`: one task folder or
     several (a later one's task wins). `found_builtin`, when given, gets the names that are lm-eval's built-in tasks
-    (not in the folders). Raises SftpackError."""
+    (not in the folders), asked for or members of a group of the folders. Raises SftpackError."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
     given = include_path if isinstance(include_path, (list, tuple)) else [include_path]
@@ -141,7 +141,18 @@ def check_tasks(names: list[str], include_path: Path | list[Path], workdir: Path
             leaves[name] = [name]  # a built-in lm-eval task: lm-eval checks (and downloads) its data
             continue
         leaves[name] = leaf_tasks(manager, name)
+        outside = [leaf for leaf in leaves[name] if leaf not in manager.task_index]
+        if outside:   # a group of the folders naming tasks that are not in them: lm-eval's built-in ones, or none
+            builtin = builtin_tasks(outside)
+            missing = [leaf for leaf in outside if leaf not in builtin]
+            if missing:
+                raise SftpackError(f"task group {name} ({manager.task_index[name].yaml_path}) names task(s) "
+                                   f"{missing}: not in {where} (nor lm-eval's built-in tasks)")
+            if found_builtin is not None:
+                found_builtin.extend(leaf for leaf in outside if leaf not in found_builtin)
         for leaf in leaves[name]:
+            if leaf in outside:
+                continue   # a built-in lm-eval task: lm-eval checks (and downloads) its data
             cfg = load_yaml(manager.task_index[leaf].yaml_path, resolve_func=False)
             for relative in _data_files(cfg):
                 path = Path(relative) if Path(relative).is_absolute() else workdir / relative
