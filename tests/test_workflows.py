@@ -55,12 +55,13 @@ def data_root(build_once, shared_data) -> Path:
     return build_once("workflow-data", build)
 
 
-def as_tested(text: str, data_root: Path) -> dict:
-    """A README workflow with the test's model, data, steps and questions (nothing else changed)."""
+def as_tested(text: str, data_root: Path, model: Path | None = None) -> dict:
+    """A README workflow with the test's model (`model`, else built: the tiny shape), data, steps and questions
+    (nothing else changed)."""
     text = text.replace("/data/cmmlu/test", str(data_root / "cmmlu_small" / "test")).replace("/data", str(data_root))
     data = yaml.safe_load(text)
     data["requires_gpu"] = False
-    data["model"] = {"path": None, "build_shape": "tiny", "seed": 0}
+    data["model"] = {"path": str(model)} if model else {"path": None, "build_shape": "tiny", "seed": 0}
     for train in data["train"]:
         overrides = train.setdefault("overrides", {})
         overrides.update({**fw.adapter(train["framework"]).tiny_cpu, "max_steps": 2, "logging_steps": 1})
@@ -86,17 +87,19 @@ def test_workflow_validates_as_written(name, data_root, tmp_path):
     assert pipeline.final_trains()[0].framework == "llamafactory"
 
 
-def _run(name: str, data_root: Path, folder: Path) -> Path:
+def _run(name: str, data_root: Path, folder: Path, model: Path) -> Path:
+    """The workflow on the session's tiny model (the same shape and seed a model stage would build: one build for
+    the three workflows; building is tested by tests/test_pipeline.py)."""
     from sftpack.pipeline.cli import run_pipeline
 
-    path = _write(folder, as_tested(workflows()[name], data_root))
+    path = _write(folder, as_tested(workflows()[name], data_root, model))
     run_pipeline(path, folder / "out", verbose=False)
     return folder / "out"
 
 
 @pytest.mark.integration
-def test_cmmlu_mcq_workflow_scores_the_test_split_and_squad_retention(data_root, tmp_path):
-    out = _run("cmmlu_mcq", data_root, tmp_path)
+def test_cmmlu_mcq_workflow_scores_the_test_split_and_squad_retention(data_root, tmp_path, tiny_model):
+    out = _run("cmmlu_mcq", data_root, tmp_path, tiny_model)
     text = (out / "report" / "report.md").read_text(encoding="utf-8")
     summary = json.loads((out / "report" / "summary.json").read_text(encoding="utf-8"))
     assert "## Retention" in text and "squad-local" in text and "## Your datasets" in text
@@ -113,8 +116,8 @@ def test_cmmlu_mcq_workflow_scores_the_test_split_and_squad_retention(data_root,
 
 
 @pytest.mark.integration
-def test_math_quota_workflow_reports_cmmlu_retention(data_root, tmp_path):
-    out = _run("math_quota", data_root, tmp_path)
+def test_math_quota_workflow_reports_cmmlu_retention(data_root, tmp_path, tiny_model):
+    out = _run("math_quota", data_root, tmp_path, tiny_model)
     summary = json.loads((out / "report" / "summary.json").read_text(encoding="utf-8"))
     tasks = {row["task"] for row in summary["eval"]["retention_rows"]}
     assert "cmmlu-local" in tasks and len(tasks) == 68          # the group and its 67 subjects
@@ -124,8 +127,8 @@ def test_math_quota_workflow_reports_cmmlu_retention(data_root, tmp_path):
 
 
 @pytest.mark.integration
-def test_billa_workflow_trains_three_chained_stages_with_a_fixed_batch_mix(data_root, tmp_path):
-    out = _run("billa_stages", data_root, tmp_path)
+def test_billa_workflow_trains_three_chained_stages_with_a_fixed_batch_mix(data_root, tmp_path, tiny_model):
+    out = _run("billa_stages", data_root, tmp_path, tiny_model)
     summary = json.loads((out / "report" / "summary.json").read_text(encoding="utf-8"))
     train = summary["train"]
     assert list(train) == ["lf_pt", "swift_pt", "lf_mix", "swift_mix", "llamafactory", "swift"]
