@@ -125,15 +125,18 @@ def check_tasks(names: list[str], include_path: Path | list[Path], workdir: Path
             raise SftpackError(f"--include-path {folder}: no such folder")
     where = " + ".join(map(str, folders))
     manager = task_manager(folders, metadata)
-    unknown = [name for name in names if name not in manager.task_index]
-    if unknown:
-        builtin = builtin_tasks(unknown)
-        missing = [name for name in unknown if name not in builtin]
+    found_builtin = [] if found_builtin is None else found_builtin
+
+    def builtin(outside: list[str], what: str, hint: str = "") -> None:
+        """`outside` (names not in the folders) must be lm-eval's built-in tasks: recorded, else an error."""
+        known = builtin_tasks(outside) if outside else set()
+        missing = [name for name in outside if name not in known]
         if missing:
-            raise SftpackError(f"unknown task(s) {missing}: not in {where} (nor lm-eval's built-in tasks). "
-                               f"Tasks in {where}: {available(manager)}")
-        if found_builtin is not None:
-            found_builtin.extend(unknown)
+            raise SftpackError(f"{what} {missing}: not in {where} (nor lm-eval's built-in tasks){hint}")
+        found_builtin.extend(name for name in outside if name not in found_builtin)
+
+    unknown = [name for name in names if name not in manager.task_index]
+    builtin(unknown, "unknown task(s)", f". Tasks in {where}: {available(manager)}")
     leaves: dict[str, list[str]] = {}
     custom = []
     for name in names:
@@ -141,15 +144,9 @@ def check_tasks(names: list[str], include_path: Path | list[Path], workdir: Path
             leaves[name] = [name]  # a built-in lm-eval task: lm-eval checks (and downloads) its data
             continue
         leaves[name] = leaf_tasks(manager, name)
+        # a group of the folders may name tasks that are not in them: lm-eval's built-in ones, or none
         outside = [leaf for leaf in leaves[name] if leaf not in manager.task_index]
-        if outside:   # a group of the folders naming tasks that are not in them: lm-eval's built-in ones, or none
-            builtin = builtin_tasks(outside)
-            missing = [leaf for leaf in outside if leaf not in builtin]
-            if missing:
-                raise SftpackError(f"task group {name} ({manager.task_index[name].yaml_path}) names task(s) "
-                                   f"{missing}: not in {where} (nor lm-eval's built-in tasks)")
-            if found_builtin is not None:
-                found_builtin.extend(leaf for leaf in outside if leaf not in found_builtin)
+        builtin(outside, f"task group {name} ({manager.task_index[name].yaml_path}) names task(s)")
         for leaf in leaves[name]:
             if leaf in outside:
                 continue   # a built-in lm-eval task: lm-eval checks (and downloads) its data
