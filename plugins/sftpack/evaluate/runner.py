@@ -3,7 +3,8 @@
 Each model runs in its own lm-eval process (the exact command is the first line of its log), so a model's memory
 is freed before the next loads and every run can be repeated by hand (eval.json has each run's `command` and the
 plain `lm_eval_command`: the same run through the `lm_eval` script). When every task is in the task folders the
-process is lm-eval's own CLI with only those folders indexed (sftpack.evaluate.lm_eval_local: ~6 s less per start). Outputs under `out/`:
+process is lm-eval's own CLI with only those folders indexed (sftpack.evaluate.lm_eval_local: ~6 s less per
+start). Outputs under `out/`:
 
     eval.json                 the report (schema_version, settings, environment, models, rows)
     eval.md                   the Markdown table rendered from eval.json

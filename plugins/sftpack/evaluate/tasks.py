@@ -136,7 +136,7 @@ def check_tasks(names: list[str], include_path: Path | list[Path], workdir: Path
         found_builtin.extend(name for name in outside if name not in found_builtin)
 
     unknown = [name for name in names if name not in manager.task_index]
-    builtin(unknown, "unknown task(s)", f". Tasks in {where}: {available(manager)}")
+    builtin(unknown, "unknown task(s)", f". Tasks in {where}: {available(manager)}" if unknown else "")
     leaves: dict[str, list[str]] = {}
     custom = []
     for name in names:
