@@ -323,7 +323,9 @@ def data_stage(pipeline: Pipeline):
                 "splits": {r.dataset: {"file": str(r.file), "rows": r.rows_out, "skipped": len(r.skipped)}
                            for r in results},
                 "recipes": _run_recipes(pipeline, folder / "dataset_info")}
-    return Stage("data", run, f"{pipeline.data.family} from {pipeline.data.source}")
+    recipes = ", then " + ", ".join(Path(r.recipe).name for r in pipeline.data.recipes) if pipeline.data.recipes \
+        else ""
+    return Stage("data", run, f"{pipeline.data.family} from {pipeline.data.source}{recipes}")
 
 
 # -- train ------------------------------------------------------------------------------------------------
@@ -400,7 +402,9 @@ def train_stage(pipeline: Pipeline, spec: TrainSpec, fit_check: str = "refuse", 
         return Progress(log.steps / log.max_steps, f"{log.steps}/{log.max_steps} steps")
 
     chained = f", after {spec.after}" + (f" (adapter: {spec.adapter})" if spec.adapter else "") if spec.after else ""
-    return Stage(spec.stage, run, f"{spec.framework} {spec.kind} from {spec.config}{chained} (measured)",
+    dataset = spec.overrides.get("dataset")
+    on = f" on {', '.join(map(str, dataset)) if isinstance(dataset, list) else dataset}" if dataset else ""
+    return Stage(spec.stage, run, f"{spec.framework} {spec.kind} from {spec.config}{on}{chained} (measured)",
                  group="train", progress=progress)
 
 
