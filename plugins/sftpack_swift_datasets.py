@@ -9,13 +9,18 @@ imports from this checkout even when it is not installed. Which dataset_info.jso
 
 An entry Swift cannot be served (preference data, a missing file, ...) is skipped with one warning line; the
 run stops with one error line only when it asks for such an entry (or for an entry while the file is missing).
+
+It also ends torch.distributed's process group when the process exits (sftpack.frameworks.swift
+.end_process_group_at_exit: a DDP rank could abort at exit after a finished training).
 """
 
 import sys
 
 from sftpack.errors import SftpackError
+from sftpack.frameworks.swift import end_process_group_at_exit
 from sftpack.swift_datasets import plugin_main
 
+end_process_group_at_exit()
 try:
     plugin_main()
 except SftpackError as err:
