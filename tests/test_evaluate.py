@@ -431,14 +431,17 @@ def test_sftpack_eval_vllm_backend(trained, tmp_path):
 
 @pytest.mark.integration
 def test_lm_eval_local_is_the_lm_eval_script_without_the_builtin_index(adapter_eval, tmp_path, env, capsys):
-    """What `sftpack eval` ran for the LF adapter (`python -m sftpack.evaluate.lm_eval_local ARGS`: every task is in
-    the task folders) and the plain `lm_eval` script with the same ARGS (eval.json's `lm_eval_command`): the same
-    requests, generations, scores, task configs and samples."""
+    """What `sftpack eval` ran for the Swift adapter -- `python -m sftpack.evaluate.lm_eval_local ARGS` (every task is
+    in the task folders), the last of the three runs sharing one process (`--runs`: after the base model and the LF
+    adapter) -- and the plain `lm_eval` script with the same ARGS in a process of its own (eval.json's
+    `lm_eval_command`): the same requests, generations, scores, task configs and samples."""
     import time
 
     report = json.loads((adapter_eval.out / "eval.json").read_text(encoding="utf-8"))
-    (run,) = next(m for m in report["models"] if m["label"] == "lf")["runs"]
+    (run,) = next(m for m in report["models"] if m["label"] == "swift")["runs"]
     assert run["command"][1:3] == ["-m", "sftpack.evaluate.lm_eval_local"]
+    assert run["process"]["runs"] == 3 and run["process"]["command"][-2] == "--runs"
+    assert all(m["runs"][0]["process"] == run["process"] for m in report["models"])   # one process for the three
     plain = list(run["lm_eval_command"])
     assert Path(plain[0]).name == "lm_eval" and plain[1:] == run["command"][3:]
     plain[plain.index("--output_path") + 1] = str(tmp_path / "plain")
@@ -448,7 +451,7 @@ def test_lm_eval_local_is_the_lm_eval_script_without_the_builtin_index(adapter_e
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with capsys.disabled():
         print(f"\nplain lm_eval {time.monotonic() - started:.1f} s, lm_eval_local {run['wall_s']:.1f} s "
-              f"(beside the two other runs of the eval)")
+              f"(the third run of one process)")
 
     def read(found):
         samples = {task: [{k: v for k, v in json.loads(line).items() if k != "doc_hash"}
@@ -460,3 +463,24 @@ def test_lm_eval_local_is_the_lm_eval_script_without_the_builtin_index(adapter_e
     assert read(results.read_run(tmp_path / "plain")) == local
     assert set(local[3]) >= {"gsm8k-local-chat", "gsm8k-local"}
     assert all(sorted({row["doc_id"] for row in rows}) == list(range(adapter_eval.limit)) for rows in local[3].values())
+
+
+@pytest.mark.integration
+def test_a_run_failing_in_a_shared_process_is_named_and_ends_the_eval(trained, tmp_path, capsys):
+    """Base, a broken adapter (its weights file is not safetensors), then a good one: the three share one lm-eval
+    process. The broken run fails with its label and its log named, the run after it never starts, no report."""
+    broken = tmp_path / "broken"
+    shutil.copytree(trained.lf, broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    out = tmp_path / "eval"
+    code = sftpack_main(["eval", "--model", str(trained.model), "--tuned", f"broken={broken}", f"lf={trained.lf}",
+                         "--tasks", "gsm8k-local-chat", "--limit", "1", "--device", "cpu", "--gen-kwargs",
+                         "max_gen_toks=4", "--workdir", str(trained.root), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    log = out / "logs" / "broken-default-shots.log"
+    assert code == 1 and "lm-eval's run of broken, default-shots (run 2 of 3 in one process)" in err, err
+    assert f"log: {log}" in err and "Traceback" in log.read_text(encoding="utf-8")
+    status = json.loads((out / "lm_eval" / "process-1.status.json").read_text(encoding="utf-8"))
+    assert len(status) == 2 and status[0]["exit"] == 0 and status[1]["exit"] != 0
+    assert (out / "logs" / "base-default-shots.log").is_file() and not (out / "logs" / "lf-default-shots.log").exists()
+    assert not (out / "eval.json").exists()

@@ -1,20 +1,25 @@
 """Run lm-eval once per model (and per shot count) and write the comparison report: the core of `sftpack eval`.
 
-Each model runs in its own lm-eval process (the exact command is the first line of its log), so a model's memory
-is freed before the next loads and every run can be repeated by hand (eval.json has each run's `command` and the
-plain `lm_eval_command`: the same run through the `lm_eval` script). When every task is in the task folders the
-process is lm-eval's own CLI with only those folders indexed (sftpack.evaluate.lm_eval_local: ~6 s less per
-start). Outputs under `out/`:
+One lm-eval run per model (and shot count), each repeatable by hand: eval.json has each run's `command` (also the
+first line of its log) and the plain `lm_eval_command` (the same run through the `lm_eval` script). When every task
+is in the task folders a run is lm-eval's own CLI with only those folders indexed (sftpack.evaluate.lm_eval_local:
+~6 s less per start), and on the hf backend on one device (`shares_processes`) the runs that would wait for each
+other share one process (`lm_eval_local --runs`: torch, transformers, peft and lm-eval imported once, ~5 s of CPU
+less per run after the first; each run's model released before the next loads; the same results as a process per
+run, tests/test_evaluate.py checks it). Otherwise each run has its own process. Outputs under `out/`:
 
     eval.json                 the report (schema_version, settings, environment, models, rows)
     eval.md                   the Markdown table rendered from eval.json
     lm_eval/<label>/<shots>/  lm-eval's results_*.json and samples_*.jsonl
     logs/<label>-<shots>.log  each lm-eval run's full output
+    lm_eval/process-N.json    runs sharing process N: its runs (.json), its own output (.log), each run's exit
+                              status and wall time as it finishes (.status.json)
     include_path/             with added task folders (--include_path): the shipped tasks and each added folder,
                               copied into the one folder lm-eval's --include_path reads
 
 `parallel` > 1 runs that many lm-eval processes at once (CPU: give each OMP_NUM_THREADS = cores / parallel in
-`env`); their outputs are the same files, and eval.json lists the runs in the same order.
+`env`), the runs dealt out among them; their outputs are the same files, and eval.json lists the runs in the same
+order.
 
 Multi-GPU: `num_processes > 1` runs `accelerate launch --num_processes N -m lm_eval ...` (hf backend, one model
 copy per GPU); with vLLM, `data_parallel_size` / `tensor_parallel_size` go into its model_args.
@@ -26,6 +31,7 @@ import datetime as dt
 import json
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -84,7 +90,8 @@ class Settings:
     num_concurrent: int = 1                   # local-completions
     extra_model_args: str | None = None       # appended to --model_args, e.g. "parallelize=True,max_length=4096"
     extra_args: list[str] = field(default_factory=list)
-    parallel: int = 1                         # lm-eval processes at once (one per model and shot count)
+    parallel: int = 1                         # lm-eval processes at once (the runs, one per model and shot count,
+    #                                         dealt out among them: runner.shares_processes; else one run each)
     builtin_tasks: list[str] = field(default_factory=list)   # of `tasks`, lm-eval's built-in ones (set by run_eval):
     #                                         none = lm-eval runs with only the task folders indexed (lm_eval_local)
 
@@ -130,12 +137,24 @@ def model_args(model: EvalModel, settings: Settings) -> str:
     return f"{text},{settings.extra_model_args}" if settings.extra_model_args else text
 
 
+def indexes_only_task_folders(settings: Settings) -> bool:
+    """lm-eval runs as `python -m sftpack.evaluate.lm_eval_local` (every task in the task folders, and lm-eval is
+    this Python's)."""
+    return not settings.builtin_tasks and (Path(sys.executable).parent / "lm_eval").exists()
+
+
+def shares_processes(settings: Settings) -> bool:
+    """Runs that would wait for each other share one lm-eval process (lm_eval_local --runs): hf on one device,
+    lm_eval_local. vLLM (its engine is not reliably released in-process) and accelerate keep one process per run."""
+    return settings.backend == "hf" and settings.num_processes == 1 and indexes_only_task_folders(settings)
+
+
 def lm_eval_command(model: EvalModel, settings: Settings, output_path: Path, num_fewshot: int | None,
                     plain: bool = False) -> list[str]:
     """The full lm-eval command line of one run: `python -m sftpack.evaluate.lm_eval_local ARGS` (lm-eval's own CLI
     without indexing its built-in tasks) when every task is in the task folders and lm-eval is this Python's,
     else -- or with `plain` -- `lm_eval ARGS`; prefixed by `accelerate launch` for multi-GPU hf."""
-    local = not plain and not settings.builtin_tasks and (Path(sys.executable).parent / "lm_eval").exists()
+    local = not plain and indexes_only_task_folders(settings)
     if settings.num_processes > 1:
         cmd = [fw.executable("accelerate"), "launch", "--num_processes", str(settings.num_processes), "-m",
                "sftpack.evaluate.lm_eval_local" if local else "lm_eval"]
@@ -284,44 +303,92 @@ def combine_task_folders(folders: list[Path], dest: Path) -> Path:
 
 def _run_models(models: list[EvalModel], out: Path, settings: Settings, env: dict[str, str],
                 echo: bool) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
-    """One lm-eval run per model and shot count, `settings.parallel` at a time: ({label: metric rows}, the models'
-    records), in the models' order."""
+    """One lm-eval run per model and shot count, `settings.parallel` processes at a time: ({label: metric rows}, the
+    models' records), in the models' order. With `shares_processes`, the runs are dealt to `parallel` processes and
+    each process runs its share one after another (lm_eval_local --runs: imports paid once per process); else one
+    process per run."""
     shots: list[int | None] = list(settings.num_fewshot) if settings.num_fewshot else [None]
     jobs = [(m, n) for m in models for n in shots]
     parallel = max(1, min(settings.parallel, len(jobs)))
+    indices = list(range(len(jobs)))
+    groups = [indices[i::parallel] for i in range(parallel)] if shares_processes(settings) else [[i] for i in indices]
+    show = echo and parallel == 1       # lm-eval's output on the terminal (else in each run's log only)
+    for stale in (out / "lm_eval").glob("process-*"):   # a previous eval's shared processes
+        stale.unlink()
 
-    def one(m: EvalModel, n: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def prepared(m: EvalModel, n: int | None, announce: bool = True) -> tuple[str, Path, list[str], Path, str]:
+        """The run's shot tag, output folder, command, log and header line (printed now with `announce`)."""
         tag = "default-shots" if n is None else f"{n}-shot"
         output_path = out / "lm_eval" / m.label / tag
         if output_path.exists():
             shutil.rmtree(output_path)  # never read a previous run's results by mistake
-        cmd = lm_eval_command(m, settings, output_path, n)
         log = out / "logs" / f"{m.label}-{tag}.log"
-        if echo or parallel > 1:
-            print(f"\n=== sftpack eval: {m.label} ({m.kind}), {tag}: {' '.join(settings.tasks)}"
-                  + ("" if echo and parallel == 1 else f" -> {log}"), flush=True)
-        run_started = time.monotonic()
-        fw.run_logged(cmd, Path(settings.workdir), env, log, echo=echo and parallel == 1)
-        wall = time.monotonic() - run_started
-        if parallel > 1:
-            print(f"=== sftpack eval: {m.label}, {tag} done in {wall:.1f} s", flush=True)
+        header = (f"\n=== sftpack eval: {m.label} ({m.kind}), {tag}: {' '.join(settings.tasks)}"
+                  + ("" if show else f" -> {log}")) if echo or parallel > 1 else ""
+        if header and announce:
+            print(header, flush=True)
+        return tag, output_path, lm_eval_command(m, settings, output_path, n), log, header
+
+    def record(m: EvalModel, n: int | None, output_path: Path, cmd: list[str], wall: float,
+               process: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         run = res.read_run(output_path)
         return ({"num_fewshot": n, "command": cmd,
                  "lm_eval_command": lm_eval_command(m, settings, output_path, n, plain=True),
                  "results_file": str(run.results_file),
                  "samples_files": {k: str(v) for k, v in sorted(run.samples_files.items())},
-                 "wall_s": round(wall, 2), "parallel": parallel,
+                 "wall_s": round(wall, 2), "parallel": parallel, **({"process": process} if process else {}),
                  "lm_eval_total_evaluation_time_s": res.number(
                      float(run.results.get("total_evaluation_time_seconds", "nan")))},
                 res.metric_rows(run))
 
+    def one_process(number: int, indices: list[int]) -> list[Any]:
+        group = [jobs[index] for index in indices]
+        if len(group) == 1:
+            m, n = group[0]
+            tag, output_path, cmd, log, _ = prepared(m, n)
+            run_started = time.monotonic()
+            fw.run_logged(cmd, Path(settings.workdir), env, log, echo=show)
+            wall = time.monotonic() - run_started
+            if parallel > 1:
+                print(f"=== sftpack eval: {m.label}, {tag} done in {wall:.1f} s", flush=True)
+            return [record(m, n, output_path, cmd, wall, None)]
+        runs = [prepared(m, n, announce=not show) for m, n in group]   # shown: the process prints each header
+        base = out / "lm_eval" / f"process-{number}"
+        spec = {"runs": [{"args": cmd[3:], "log": str(log), "command": shlex.join(cmd), "header": header if show else ""}
+                         for _, _, cmd, log, header in runs], "echo": show, "status": f"{base}.status.json"}
+        write_json(base.with_suffix(".json"), spec)
+        Path(spec["status"]).unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "sftpack.evaluate.lm_eval_local", "--runs", str(base.with_suffix(".json"))]
+        process = {"command": cmd, "runs": len(group), "log": f"{base}.log"}
+        try:
+            fw.run_logged(cmd, Path(settings.workdir), env, Path(process["log"]), echo=show)
+        except SftpackError as err:   # name the run that failed and show its log
+            status = json.loads(Path(spec["status"]).read_text()) if Path(spec["status"]).is_file() else []
+            failed = min(len(status) if not status or status[-1]["exit"] == 0 else len(status) - 1, len(runs) - 1)
+            (m, _), (tag, _, _, log, _) = group[failed], runs[failed]
+            tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:]) \
+                if log.is_file() else ""
+            how = (f"exited {status[failed]['exit']}" if failed < len(status)
+                   else f"did not finish ({str(err).splitlines()[0]})")   # the process itself was ended
+            raise SftpackError(f"lm-eval's run of {m.label}, {tag} (run {failed + 1} of {len(runs)} in one process) "
+                               f"{how}; log: {log}\n{tail}") from None
+        status = json.loads(Path(spec["status"]).read_text())
+        if parallel > 1:
+            print(f"=== sftpack eval: {', '.join(m.label for m, _ in group)} done in "
+                  f"{sum(s['wall_s'] for s in status):.1f} s (one process)", flush=True)
+        return [record(m, n, output_path, cmd, done["wall_s"], process)
+                for (m, n), (_, output_path, cmd, _, _), done in zip(group, runs, status)]
+
     if parallel == 1:
-        done = [one(m, n) for m, n in jobs]
+        finished = [one_process(i + 1, group) for i, group in enumerate(groups)]
     else:
-        done = concurrently([lambda m=m, n=n: one(m, n) for m, n in jobs], parallel, "lm_eval")
-        failed = next((result for result in done if isinstance(result, Exception)), None)
+        finished = concurrently([lambda i=i, g=g: one_process(i + 1, g) for i, g in enumerate(groups)], parallel,
+                                "lm_eval")
+        failed = next((result for result in finished if isinstance(result, Exception)), None)
         if failed is not None:
             raise failed
+    by_job = {index: result for indices, results in zip(groups, finished) for index, result in zip(indices, results)}
+    done = [by_job[index] for index in range(len(jobs))]
     per_model: dict[str, list[dict[str, Any]]] = {}
     model_records = []
     for m in models:
