@@ -231,3 +231,38 @@ def bench_session(tmp_path_factory) -> SimpleNamespace:
     return SimpleNamespace(suite=root / "mini.yaml", results=root / "results", work=root / "work",
                            first=found[0] if found else None, done=SimpleNamespace(**done))
 
+
+DEFAULT_PIPELINE_STEPS = 20
+
+
+@pytest.fixture(scope="session")
+def default_pipeline_run(tmp_path_factory) -> SimpleNamespace:
+    """`sftpack run benchmarks/pipelines/tiny_cpu.yaml` (the README's main job, `run_pipeline` in-process) with
+    DEFAULT_PIPELINE_STEPS steps per training and 3 questions of at most 32 new tokens, nothing else changed: model
+    stage (small shape built), data stage (sample + the shipped recipe), both trainings at once, the three lm-eval runs
+    at once, report. Read by test_pipeline (end to end) and test_training (the pipeline's result.json beside bench's).
+    Fields: path (the pipeline file), out, records (run_pipeline's), printed (its stdout), steps. Read-only: a test
+    that re-runs it copies `out` first."""
+    import contextlib
+    import io
+
+    import yaml
+
+    def build(root: Path) -> None:
+        from sftpack.pipeline.cli import run_pipeline
+
+        data = yaml.safe_load((REPO_ROOT / "benchmarks" / "pipelines" / "tiny_cpu.yaml").read_text(encoding="utf-8"))
+        for train in data["train"]:
+            train["overrides"].update(max_steps=DEFAULT_PIPELINE_STEPS, logging_steps=5)
+        data["eval"].update(limit=3, gen_kwargs="max_gen_toks=32")
+        (root / "pipeline.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            records = run_pipeline(root / "pipeline.yaml", root / "out")
+        (root / "printed.txt").write_text(printed.getvalue(), encoding="utf-8")
+        (root / "records.json").write_text(json.dumps(records, default=str), encoding="utf-8")
+
+    root = once(tmp_path_factory, "default-pipeline", build)
+    return SimpleNamespace(path=root / "pipeline.yaml", out=root / "out", steps=DEFAULT_PIPELINE_STEPS,
+                           records=json.loads((root / "records.json").read_text(encoding="utf-8")),
+                           printed=(root / "printed.txt").read_text(encoding="utf-8"))

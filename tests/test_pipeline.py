@@ -472,19 +472,15 @@ def test_report_says_whether_the_trainings_really_ran_together():
 
 # -- the default pipeline, end to end ---------------------------------------------------------------------
 @pytest.mark.integration
-def test_default_pipeline_end_to_end(tmp_path, capsys):
+def test_default_pipeline_end_to_end(default_pipeline_run, tmp_path):
+    """conftest's `default_pipeline_run`: the shipped default with fewer steps and questions, nothing else changed."""
+    import shutil
+
     from sftpack.pipeline.cli import run_pipeline
 
-    data = _default()
-    steps = 20
-    for train in data["train"]:
-        train["overrides"].update(max_steps=steps, logging_steps=5)
-    data["eval"].update(limit=3, gen_kwargs="max_gen_toks=32")
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    out = tmp_path / "out"
-    records = run_pipeline(path, out)
-    printed = capsys.readouterr().out
+    path, out, records, printed = (default_pipeline_run.path, default_pipeline_run.out, default_pipeline_run.records,
+                                   default_pipeline_run.printed)
+    steps = default_pipeline_run.steps
     report = out / "report"
     for name in ("report.md", "summary.json", "loss.png", "eval.png", "time_memory.png"):
         assert (report / name).stat().st_size > 0, name
@@ -520,10 +516,12 @@ def test_default_pipeline_end_to_end(tmp_path, capsys):
     assert f"report: {report / 'report.md'}" in end
     assert eval_report["settings"]["parallel"] == 3    # eval.parallel: the three lm-eval runs at once
     assert {run["parallel"] for model in eval_report["models"] for run in model["runs"]} == {3}
-    # a second run skips everything; --force report rebuilds only the report from the stored outputs
-    again = run_pipeline(path, out, force=["report"])
+    # a second run skips everything; --force report rebuilds only the report from the stored outputs (on a copy)
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, symlinks=True)
+    again = run_pipeline(path, copy, force=["report"])
     assert [n for n, r in again.items() if not r["skipped"]] == ["report"]
-    assert json.loads((report / "summary.json").read_text())["train"] == summary["train"]
+    assert json.loads((copy / "report" / "summary.json").read_text())["train"] == summary["train"]
 
 
 # -- stages keyed by their resolved spec (issue 10 part 4) ------------------------------------------------

@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from sftpack import frameworks as fw
 from sftpack.bench.results import read_json
 from sftpack.training import TrainJob, environment, new_result
@@ -99,27 +98,15 @@ def _value(data, path):
 
 
 @pytest.mark.integration
-def test_bench_and_pipeline_write_the_same_result_schema(tmp_path, bench_session):
+def test_bench_and_pipeline_write_the_same_result_schema(bench_session, default_pipeline_run):
     """lf_lora and swift_lora (3 steps) through `sftpack bench` (conftest's `bench_session`, shared with test_bench)
-    and the same tiny trainings through `sftpack run`'s stages up to training (model, data, train_llamafactory,
-    train_swift; its eval and report stages only read result.json): the same keys and measurements."""
-    from sftpack.pipeline.schema import load_pipeline
-    from sftpack.pipeline.stages import run_stages
-    from sftpack.pipeline.steps import stages
-
+    and the default pipeline's two trainings through `sftpack run` (conftest's `default_pipeline_run`, shared with
+    test_pipeline; its eval and report stages read these result.json): the same keys and measurements."""
     assert bench_session.first is not None, bench_session.done.stdout[-3000:] + bench_session.done.stderr[-3000:]
     bench = {name: read_json(bench_session.first / f"{name}-r1" / "result.json") for name in ("lf_lora", "swift_lora")}
-
-    pipeline = yaml.safe_load((fw.REPO_ROOT / "benchmarks" / "pipelines" / "tiny_cpu.yaml").read_text())
-    pipeline["model"] = {"build_shape": "tiny", "seed": 0}
-    for train in pipeline["train"]:
-        train["overrides"].update(max_steps=3, save_steps=3, logging_steps=1)
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(pipeline))
-    spec = load_pipeline(tmp_path / "p.yaml")
-    records = run_stages([s for s in stages(spec, verbose=False) if s.name not in ("eval", "report")],
-                         tmp_path / "out", parallel=spec.parallel)
-    assert list(records) == ["model", "data", "train_llamafactory", "train_swift"]
-    piped = {f: read_json(tmp_path / "out" / f"train_{f}" / "result.json") for f in ("llamafactory", "swift")}
+    assert list(default_pipeline_run.records)[:4] == ["model", "data", "train_llamafactory", "train_swift"]
+    out = default_pipeline_run.out
+    piped = {f: read_json(out / f"train_{f}" / "result.json") for f in ("llamafactory", "swift")}
 
     assert _keys(bench["lf_lora"]) == _keys(piped["llamafactory"])
     assert _keys(bench["swift_lora"]) == _keys(piped["swift"])
@@ -127,7 +114,7 @@ def test_bench_and_pipeline_write_the_same_result_schema(tmp_path, bench_session
         assert result["status"] == "ok" and result["schema_version"] == 2
         for path in MEASURED:
             assert _value(result, path) is not None, path
-    assert piped["swift"]["trained_model"].endswith("checkpoint-3")
+    assert piped["swift"]["trained_model"].endswith(f"checkpoint-{default_pipeline_run.steps}")
 
 
 def test_comparisons_say_when_conditions_differ():
