@@ -232,7 +232,7 @@ def bench_session(tmp_path_factory) -> SimpleNamespace:
                            first=found[0] if found else None, done=SimpleNamespace(**done))
 
 
-DEFAULT_PIPELINE_STEPS = 20
+DEFAULT_PIPELINE_STEPS = 10
 
 
 @pytest.fixture(scope="session")

@@ -36,19 +36,23 @@ def _download_wheel(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiktoken_file(request, tmp_path_factory) -> Path:
-    """qwen.tiktoken out of the dashscope wheel (downloaded once into pytest's cache)."""
+def tiktoken_file(request, build_once) -> Path:
+    """qwen.tiktoken out of the dashscope wheel (downloaded once into pytest's cache; extracted once per session)."""
     cache = Path(request.config.cache.mkdir("sftpack-dashscope"))
-    wheels = sorted(cache.glob("dashscope-2.0.2-*.whl"))
-    wheel = wheels[0] if wheels else _download_wheel(cache)
-    path = tmp_path_factory.mktemp("qwen_tiktoken") / "qwen.tiktoken"
-    path.write_bytes(qwen_tokenizer.qwen_tiktoken_from_wheel(wheel))
-    return path
+
+    def build(folder: Path) -> None:
+        wheels = sorted(cache.glob("dashscope-2.0.2-*.whl"))
+        wheel = wheels[0] if wheels else _download_wheel(cache)
+        (folder / "qwen.tiktoken").write_bytes(qwen_tokenizer.qwen_tiktoken_from_wheel(wheel))
+
+    return build_once("qwen-tiktoken", build) / "qwen.tiktoken"
 
 
 @pytest.fixture(scope="session")
-def qwen_dir(tiktoken_file, tmp_path_factory) -> Path:
-    return qwen_tokenizer.build(tiktoken_file, tmp_path_factory.mktemp("qwen_tok") / "tokenizer")
+def qwen_dir(tiktoken_file, build_once) -> Path:
+    """The tokenizer built once per session (both xdist workers read it; a test that builds again writes elsewhere)."""
+    return build_once("qwen-tokenizer", lambda folder: qwen_tokenizer.build(tiktoken_file, folder / "tokenizer")) \
+        / "tokenizer"
 
 
 @pytest.fixture(scope="session")

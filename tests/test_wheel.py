@@ -13,9 +13,10 @@ who never saw the checkout would, from an empty folder outside the repository.
    2 steps of `llamafactory-cli train` and of `swift sft` on the copied LoRA configs as written (dataset_dir and the
    Swift plugin resolve against that folder) with only CPU / tiny-model overrides, and `sftpack run` of a copied
    pipeline (2 steps, 1 question) whose model, full-training configs and task folder resolve against its own folder:
-   its eval stage is FRESH's `lm_eval --include_path <folder>/eval_tasks` on the base and both trained models, with
-   the copied 0-shot chat task and the copied 5-shot `gsm8k-local` (one lm_eval process per model proves both, so no
-   separate `lm_eval` launch is needed).
+   its eval stage is FRESH's lm-eval (`--include_path <folder>/eval_tasks`) on the base and both trained models, with
+   the copied 0-shot chat task and the copied 5-shot `gsm8k-local`: the three runs one after another in one process
+   of the wheel's `sftpack.evaluate.lm_eval_local --runs` (`eval.parallel: 1`; each run's command is FRESH's
+   `lm_eval` script's, so no separate `lm_eval` launch is needed).
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def test_from_an_empty_folder_init_prepare_train_eval_run(fresh, tmp_path_factor
         train["overrides"].update(max_steps=STEPS, logging_steps=1, save_steps=STEPS, per_device_train_batch_size=2,
                                   **{length: 256})
     assert data["eval"]["include_path"] == "../../eval_tasks"          # as shipped: the folder beside the configs
-    data["eval"].update(limit=1, gen_kwargs="max_gen_toks=8", tasks=["gsm8k-local-chat", "gsm8k-local"])
+    data["eval"].update(limit=1, gen_kwargs="max_gen_toks=8", tasks=["gsm8k-local-chat", "gsm8k-local"], parallel=1)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     sftpack("run", "benchmarks/pipelines/quick.yaml", "--offline", log="run")
     out = work / "runs" / "pipelines" / "quick"
@@ -168,6 +169,7 @@ def test_from_an_empty_folder_init_prepare_train_eval_run(fresh, tmp_path_factor
         (run,) = model["runs"]
         cmd = run["command"]
         assert Path(cmd[0]).parent == bin_ and cmd[1:3] == ["-m", "sftpack.evaluate.lm_eval_local"]
+        assert run["process"]["runs"] == len(models) and Path(run["process"]["command"][0]).parent == bin_
         assert run["lm_eval_command"] == [str(bin_ / "lm_eval"), *cmd[3:]]
         assert cmd[cmd.index("--include_path") + 1] == str(work / "eval_tasks")
         results = json.loads(Path(run["results_file"]).read_text())
