@@ -164,8 +164,9 @@ def adapter_eval(tmp_path_factory, lora_runs, sample_workdir, env) -> SimpleName
     """`python -m sftpack eval` of the tiny base model and both `lora_runs` adapters (labels base, lf, swift), tasks
     gsm8k-local (5-shot) and gsm8k-local-chat (+ two CMMLU subjects when ../shared/data/cmmlu is there), --limit 3,
     max_gen_toks=32: three real lm-eval runs (`--model hf --model_args pretrained=M[,peft=ADAPTER] --include_path
-    eval_tasks`), one after another in one process (sftpack.evaluate.lm_eval_local --runs). Read by test_evaluate (the report) and test_integration (lm-eval's own results per adapter).
-    Fields: tasks, out (eval.json, eval.md, logs/), done (returncode, stdout, stderr of sftpack eval)."""
+    eval_tasks`), one after another in one process (sftpack.evaluate.lm_eval_local --runs). Read by test_evaluate
+    (the report) and test_integration (lm-eval's own results per adapter). Fields: tasks, out (eval.json, eval.md,
+    logs/), done (returncode, stdout, stderr of sftpack eval)."""
     import subprocess
     import sys
 

@@ -3,9 +3,9 @@
     sftpack eval --model BASE --tuned [LABEL=]ADAPTER ... --tasks gsm8k-local,gsm8k-local-chat [--limit N]
 
 Modules: `models` (what is evaluated, and the checks on adapters), `tasks` (task names and data, checked before any
-model loads), `runner` (one lm-eval run per model, sharing a process where they would wait for each other; `run_eval` is the
-Python entry point), `results` (lm-eval
-outputs -> rows, format rate, JSON + Markdown), `cli` (`add_parser(subparsers)` for the sftpack CLI).
+model loads), `runner` (one lm-eval run per model, sharing a process where they would wait for each other;
+`run_eval` is the Python entry point), `results` (lm-eval outputs -> rows, format rate, JSON + Markdown), `cli`
+(`add_parser(subparsers)` for the sftpack CLI).
 Nothing here imports lm-eval, torch or transformers at import time.
 """
 

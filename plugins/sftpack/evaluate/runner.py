@@ -354,8 +354,9 @@ def _run_models(models: list[EvalModel], out: Path, settings: Settings, env: dic
             return [record(m, n, output_path, cmd, wall, None)]
         runs = [prepared(m, n, announce=not show) for m, n in group]   # shown: the process prints each header
         base = out / "lm_eval" / f"process-{number}"
-        spec = {"runs": [{"args": cmd[3:], "log": str(log), "command": shlex.join(cmd), "header": header if show else ""}
-                         for _, _, cmd, log, header in runs], "echo": show, "status": f"{base}.status.json"}
+        spec = {"runs": [{"args": cmd[3:], "log": str(log), "command": shlex.join(cmd),
+                          "header": header if show else ""} for _, _, cmd, log, header in runs],
+                "echo": show, "status": f"{base}.status.json"}
         write_json(base.with_suffix(".json"), spec)
         Path(spec["status"]).unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "sftpack.evaluate.lm_eval_local", "--runs", str(base.with_suffix(".json"))]
