@@ -357,8 +357,7 @@ def _run_models(models: list[EvalModel], out: Path, settings: Settings, env: dic
         spec = {"runs": [{"args": cmd[3:], "log": str(log), "command": shlex.join(cmd),
                           "header": header if show else ""} for _, _, cmd, log, header in runs],
                 "echo": show, "status": f"{base}.status.json"}
-        write_json(base.with_suffix(".json"), spec)
-        Path(spec["status"]).unlink(missing_ok=True)
+        write_json(base.with_suffix(".json"), spec)   # (a previous eval's status file went with the stale ones)
         cmd = [sys.executable, "-m", "sftpack.evaluate.lm_eval_local", "--runs", str(base.with_suffix(".json"))]
         process = {"command": cmd, "runs": len(group), "log": f"{base}.log"}
         try:
