@@ -119,6 +119,19 @@ def tree(pid: int) -> list[psutil.Process]:
     return found
 
 
+def matching(pid: int, text: str) -> list[psutil.Process]:
+    """The processes under `pid` whose command line contains `text`. A process that ends between the listing and
+    the reading of its command line (gone, or a zombie not yet reaped) is skipped, not an error."""
+    found = []
+    for proc in tree(pid):
+        try:
+            if text in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
 def survivors(procs: list[psutil.Process]) -> list[str]:
     """The processes of `procs` still running (zombies count as ended: their parent is gone)."""
     left = []
@@ -229,7 +242,7 @@ def test_a_signal_to_eval_ends_lm_eval_and_a_second_eval_on_its_out_fails(tmp_pa
             "--device", "cpu", "--quiet", "--out", out]
     first = start(*args, cwd=tmp_path)
     try:
-        lm_eval = wait_for(lambda: [p for p in tree(first.pid) if "lm_eval" in " ".join(p.cmdline())], 120,
+        lm_eval = wait_for(lambda: matching(first.pid, "lm_eval"), 120,
                            "lm_eval to start", first)
         if name == "SIGTERM":
             line = error_line(sftpack(*args, cwd=tmp_path))
@@ -262,7 +275,7 @@ def test_sigterm_during_training_in_run_ends_the_framework_and_keeps_finished_st
     out = tmp_path / "project"
     first = start("run", pipe, "--out", out, cwd=tmp_path)
     try:
-        wait_for(lambda: any("llamafactory" in " ".join(p.cmdline()) for p in tree(first.pid)), 300,
+        wait_for(lambda: matching(first.pid, "llamafactory"), 300,
                  "LLaMA-Factory to start", first)
         kept = {name: files(out / name) for name in ("model", "data")}
         assert all((out / name / "done.json").is_file() for name in kept)

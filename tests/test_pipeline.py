@@ -432,17 +432,14 @@ def test_sigterm_while_both_trainings_run_at_once_ends_both_and_exits(tmp_path, 
     """With `parallel: 2` the main thread waits on two stage threads, each driving a framework: SIGTERM must end
     both frameworks' process trees (not wait for them: it once hung until they finished) and exit 143, with no
     done.json for either training and the finished stages kept."""
-    from test_nothing_lost_cli import assert_interrupted, pipeline_file, start, stop, tree, wait_for
+    from test_nothing_lost_cli import assert_interrupted, matching, pipeline_file, start, stop, wait_for
 
     pipe = pipeline_file(tmp_path, {"path": str(tiny_model), "seed": 0}, max_steps=100000, save_steps=100000)
     out = tmp_path / "project"
     first = start("run", pipe, "--out", out, cwd=tmp_path)
     try:
-        def both_running() -> bool:
-            commands = [" ".join(p.cmdline()) for p in tree(first.pid)]
-            return any("llamafactory-cli" in c for c in commands) and any("swift" in c for c in commands)
-
-        wait_for(both_running, 300, "both frameworks to start", first)
+        wait_for(lambda: matching(first.pid, "llamafactory-cli") and matching(first.pid, "swift"), 300,
+                 "both frameworks to start", first)
         time.sleep(3)
         started = time.monotonic()
         err, left = stop(first, "SIGTERM")
