@@ -27,6 +27,8 @@ def test_loads_and_follows_qwen_conventions(tiny_model):
     assert 250_000 < sum(p.numel() for p in model.parameters()) < 400_000
     specials = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     assert specials == list(range(len(tokenizer) - 3, len(tokenizer)))  # appended, in Qwen's order
+    # what `sftpack estimate --shape tiny` and bench's plan take for the vocabulary without training the tokenizer
+    assert len(tokenizer) == len(builder.build_tokenizer()) == builder.tiny_tokenizer_size() == 3003
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
     assert tokenizer.bos_token is None
     text = tokenizer.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False,

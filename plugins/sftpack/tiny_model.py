@@ -73,7 +73,17 @@ def gsm8k_sample_texts() -> list[str]:
     return texts
 
 
-def build_tokenizer(vocab_size: int = 3000):
+TINY_BPE_RANKS = 3000   # build_tokenizer's default: the byte-level BPE ranks it learns from the GSM8K sample
+
+
+def tiny_tokenizer_size(vocab_size: int = TINY_BPE_RANKS) -> int:
+    """len(build_tokenizer(vocab_size)) without training it (~1.4 s): the learnt ranks plus SPECIAL_TOKENS. The
+    vocabulary of the tiny/small shapes, for what needs only the shape (sftpack estimate --shape, bench's plan);
+    tests/test_tiny_model.py trains the tokenizer and compares."""
+    return vocab_size + len(SPECIAL_TOKENS)
+
+
+def build_tokenizer(vocab_size: int = TINY_BPE_RANKS):
     """A Qwen2TokenizerFast with a BPE vocabulary trained on the shipped GSM8K sample."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast

@@ -16,13 +16,10 @@ from typing import Any
 from sftpack.bench import fairness, flops
 from sftpack.bench.suite import RunSpec, Suite
 
-TINY_VOCAB = 3000   # sftpack.tiny_model.build_tokenizer's default vocabulary (+ 3 specials)
-
-
 def model_config(suite: Suite) -> dict[str, Any] | None:
     """The config the suite's runs will train: a local folder's config.json, else the build shape's."""
     from sftpack.bench.runner import find_local_model
-    from sftpack.tiny_model import SHAPES
+    from sftpack.tiny_model import SHAPES, tiny_tokenizer_size
 
     spec = suite.model
     if spec.path:
@@ -33,7 +30,7 @@ def model_config(suite: Suite) -> dict[str, Any] | None:
         return None
     config = dict(SHAPES[spec.build_shape])
     if "vocab_size" not in config:
-        config["vocab_size"] = _tokenizer_size(spec.tokenizer_path()) or TINY_VOCAB + 3
+        config["vocab_size"] = _tokenizer_size(spec.tokenizer_path()) or tiny_tokenizer_size()
     return config
 
 

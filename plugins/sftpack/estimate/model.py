@@ -31,8 +31,8 @@ def shape_config(shape: str) -> dict[str, Any]:
     if shape not in tiny_model.SHAPES:
         raise SftpackError(f"--shape {shape!r} unknown. Expected one of {sorted(tiny_model.SHAPES)}")
     kwargs = dict(tiny_model.SHAPES[shape])
-    if "vocab_size" not in kwargs:   # tiny/small: the GSM8K-trained tokenizer's size (trained in ~1 s)
-        kwargs["vocab_size"] = len(tiny_model.build_tokenizer())
+    if "vocab_size" not in kwargs:   # tiny/small: the GSM8K-trained tokenizer's size
+        kwargs["vocab_size"] = tiny_model.tiny_tokenizer_size()
     return {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu",
             "tie_word_embeddings": True, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "attention_dropout": 0.0,
             "torch_dtype": "bfloat16" if shape == "qwen2.5-1.5b" else "float32", **kwargs}
