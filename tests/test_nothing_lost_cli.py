@@ -2,8 +2,8 @@
 group ended on every way out), every OS error one line, a path is a path. Real processes, real signals, real files:
 each test starts `python -m sftpack ...` and checks what a user would see and what is left on disk.
 
-    .venv/bin/python -m pytest tests/test_nothing_lost_cli.py -m "not integration"   # ~35 s on 2 cores
-    .venv/bin/python -m pytest tests/test_nothing_lost_cli.py -m integration         # a real LLaMA-Factory run, ~10 s
+    .venv/bin/python -m pytest -n 2 tests/test_nothing_lost_cli.py -m "not integration"   # ~16 s on 2 cores
+    .venv/bin/python -m pytest -n 2 tests/test_nothing_lost_cli.py -m integration   # real lm_eval and LF runs, ~15 s
 
 | hostile class | what is tried | test |
 | --- | --- | --- |
@@ -233,6 +233,7 @@ def test_second_bench_on_the_same_results_or_work_fails_at_once_and_sigterm_ends
     assert (results / "notes.txt").read_bytes() == USER_BYTES
 
 
+@pytest.mark.integration   # a real lm_eval on the tiny model: the signal is sent once it runs
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL", "SIGTERM x5"])
 def test_a_signal_to_eval_ends_lm_eval_and_a_second_eval_on_its_out_fails(tmp_path, tiny_model, eval_workdir, name):
     """SIGTERM to `sftpack eval` once left lm_eval running (on a GPU: holding its memory). SIGKILL cannot be
