@@ -12,7 +12,7 @@ has it) and runs, in that clone, exactly what the README says:
 2. `make demo DEMO_OUT=<fresh folder>`  the main job on the embedded default (a fresh output folder, so every
                  stage runs);
 3. `make test`   the whole suite;
-4. `make test PYTEST_ARGS="-m 'not integration'"`  the fast tests (no framework CLI started), as the README gives it.
+4. `make test PYTEST_ARGS='-m "not integration"'`  the fast tests (no framework CLI started), as the README gives it.
 Each is timed (wall, and the CPU seconds of its process tree), with `uptime`'s load average before and after
 (before each step the script waits, up to 3 min, for the previous step's load to decay to idle: `settle_wait_s`);
 the demo's format rate before/after training and its stage times are read from its own summary.json, the test
@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,7 @@ SCHEMA_VERSION = 1
 STEPS = ("setup", "demo", "test", "fast")
 # issue 12: set-up <= 3 min, demo and tests <= 5 min, the fast tests (-m 'not integration') under 60 s
 TARGETS_S = {"setup": 180, "demo": 300, "test": 300, "fast": 60}
-FAST_ARGS = "-m 'not integration'"
+FAST_ARGS = '-m "not integration"'
 IDLE_LOAD_PER_CORE = 0.5
 SETTLE_MAX_S = 180      # before a step, wait at most this long for the previous step's load to decay to idle
 
@@ -66,7 +67,7 @@ def timed(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict:
 
     load_before = os.getloadavg()
     measured = run_measured(cmd, cwd, env, log, timeout_s=None, sample=False)
-    return {"command": " ".join(cmd), "exit_code": measured.exit_code, "wall_s": round(measured.wall_s, 1),
+    return {"command": shlex.join(cmd), "exit_code": measured.exit_code, "wall_s": round(measured.wall_s, 1),
             "cpu_s": round((measured.cpu_user_s or 0) + (measured.cpu_system_s or 0), 1),
             "load_before": [round(x, 2) for x in load_before],
             "load_after": [round(x, 2) for x in os.getloadavg()], "log": str(log)}
@@ -187,7 +188,7 @@ def render(result: dict) -> str:
     if tests:
         lines += ["## Tests", ""]
         for step, figures in tests:
-            what = "pytest" if step == "test" else f"pytest, fast tests only (`{FAST_ARGS}`)"
+            what = "pytest" if step == "test" else "pytest, fast tests only"
             lines += [f"{what}: `{figures['line']}`", ""]
     return "\n".join(lines)
 
